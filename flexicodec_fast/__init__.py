@@ -1,5 +1,10 @@
-"""flexicodec_fast: the fastest faithful implementation of FlexiCodec."""
+"""flexicodec_fast: the fastest faithful implementation of FlexiCodec.
 
+`prepare_model` loads official checkpoints into the readable reference model;
+`fast_encode` / `fast_decode` run its weights through fused kernels.
+"""
+
+from .loading import prepare_model
 from .reference.errors import CheckpointError, CodesFileError, FlexiCodecError, InputError
 
 __version__ = "0.1.0"
@@ -10,4 +15,5 @@ __all__ = [
     "FlexiCodecError",
     "InputError",
     "__version__",
+    "prepare_model",
 ]

@@ -219,6 +219,8 @@ class FrontEnd(nn.Module):
         default 0.0 is deterministic.
         """
         lens = _check_audio(audio, audio_lens)
+        if isinstance(dither, bool) or not isinstance(dither, (int, float)) or not dither >= 0.0:
+            raise InputError(f"dither: expected a number >= 0 (1.0 = official), got {dither!r}")
         audio = audio.to(torch.float32)
         num_frames = num_fbank_frames(lens)
         feat_lens = num_lfr_frames(lens)

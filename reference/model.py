@@ -152,6 +152,7 @@ class FlexiCodec(nn.Module):
     def _convnext(self, stack: nn.Sequential, x: torch.Tensor, lengths: torch.Tensor):
         """Run a ConvNeXt stack on `[B, C, G]` tokens, re-zeroing padded tokens after every
         block so the k=7 convolutions see the zeros a single item would be padded with."""
+        x = _mask_after(x, lengths)
         for layer in stack:
             x = _mask_after(layer(x), lengths)
         return x
