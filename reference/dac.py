@@ -71,7 +71,9 @@ class EncoderBlock(nn.Module):
             ResidualUnit(dim // 2, dilation=3),
             ResidualUnit(dim // 2, dilation=9),
             Snake1d(dim // 2),
-            WNConv1d(dim // 2, dim, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+            WNConv1d(
+                dim // 2, dim, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)
+            ),
         )
 
     def output_lengths(self, lengths: torch.Tensor | None) -> torch.Tensor | None:
@@ -99,6 +101,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`lengths` `[B]`: samples per item, multiples of `prod(strides)` (or None)."""
+        x = _zero_beyond(x, lengths)
         for layer in self.block:
             if isinstance(layer, EncoderBlock):
                 x = layer(x, lengths)
@@ -118,7 +121,10 @@ class DecoderBlock(nn.Module):
         self.block = nn.Sequential(
             Snake1d(input_dim),
             WNConvTranspose1d(
-                input_dim, output_dim, kernel_size=2 * stride, stride=stride,
+                input_dim,
+                output_dim,
+                kernel_size=2 * stride,
+                stride=stride,
                 padding=math.ceil(stride / 2),
             ),
             ResidualUnit(output_dim, dilation=1),
@@ -149,7 +155,11 @@ class Decoder(nn.Module):
         for i, stride in enumerate(rates):
             layers.append(DecoderBlock(channels // 2**i, channels // 2 ** (i + 1), stride))
         output_dim = channels // 2 ** len(rates)
-        layers += [Snake1d(output_dim), WNConv1d(output_dim, d_out, kernel_size=7, padding=3), nn.Tanh()]
+        layers += [
+            Snake1d(output_dim),
+            WNConv1d(output_dim, d_out, kernel_size=7, padding=3),
+            nn.Tanh(),
+        ]
         self.model = nn.Sequential(*layers)
 
     def output_length(self, num_frames):
@@ -163,6 +173,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`lengths` `[B]`: valid frames per item (or None)."""
+        z = _zero_beyond(z, lengths)
         for layer in self.model:
             if isinstance(layer, DecoderBlock):
                 z = layer(z, lengths)
@@ -210,8 +221,15 @@ class DAC(nn.Module):
     def from_config(cls, cfg) -> DAC:
         """Build from a `FlexiCodecConfig`."""
         return cls(
-            cfg.encoder_dim, cfg.encoder_rates, cfg.latent_dim, cfg.decoder_dim, cfg.decoder_rates,
-            cfg.n_codebooks, cfg.codebook_size, cfg.codebook_dim, cfg.quantizer_dropout,
+            cfg.encoder_dim,
+            cfg.encoder_rates,
+            cfg.latent_dim,
+            cfg.decoder_dim,
+            cfg.decoder_rates,
+            cfg.n_codebooks,
+            cfg.codebook_size,
+            cfg.codebook_dim,
+            cfg.quantizer_dropout,
         )
 
     def num_frames(self, num_samples):
@@ -222,7 +240,9 @@ class DAC(nn.Module):
         """Samples the decoder makes from `num_frames` frames (1280 T - 16 when released)."""
         return self.decoder.output_length(num_frames)
 
-    def encode_audio(self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_audio(
+        self, audio: torch.Tensor, audio_lens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`audio [B, 1, N]` -> latents `[B, latent_dim, ceil(N / hop)]`.
 
         The audio is right-padded with zeros to a multiple of the hop (official
@@ -242,6 +262,8 @@ class DAC(nn.Module):
             lengths = self._check_lengths(audio_lens, batch, length, "audio_lens").to(audio.device)
             audio = _zero_beyond(audio, lengths)
             lengths = self.num_frames(lengths) * self.hop_length
+            if bool((lengths == padded).all()):
+                lengths = None  # nothing to mask: skip the per-layer masks
         return self.encoder(audio, lengths)
 
     def decode_latent(self, z: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -254,6 +276,8 @@ class DAC(nn.Module):
             raise InputError(f"z: expected a tensor [B, {self.latent_dim}, T>0], got {describe(z)}")
         if lengths is not None:
             lengths = self._check_lengths(lengths, z.shape[0], z.shape[2], "lengths").to(z.device)
+            if bool((lengths == z.shape[2]).all()):
+                lengths = None
         return self.decoder(z, lengths)
 
     @staticmethod
@@ -265,7 +289,9 @@ class DAC(nn.Module):
             or lengths.dtype.is_complex
             or lengths.dtype == torch.bool
         ):
-            raise InputError(f"{name}: expected an integer tensor of shape [{batch}], got {describe(lengths)}")
+            raise InputError(
+                f"{name}: expected an integer tensor of shape [{batch}], got {describe(lengths)}"
+            )
         if batch and (int(lengths.min()) < 1 or int(lengths.max()) > limit):
             raise InputError(f"{name}: expected values in [1, {limit}], got {lengths.tolist()}")
         return lengths.long()

@@ -3,8 +3,8 @@
 Each stage projects the residual to a small space (`in_proj`, 1x1 weight-normalised conv),
 finds the nearest codebook row by l2-normalised (cosine) distance, dequantises with the *raw*
 row, projects back (`out_proj`) and subtracts the result from the residual. The arithmetic is
-the official one term for term (same expressions, same order), so codes and latents are
-bit-identical to it in fp32.
+the official one term for term (same expressions, same order), so results match it bit for
+bit in fp32 (`from_codes` is checked so against the official decoded audio).
 """
 
 from __future__ import annotations
@@ -138,7 +138,13 @@ class ResidualVectorQuantize(nn.Module):
             codebook_loss = codebook_loss + (codebook_k * keep).mean()
             codes.append(codes_k)
             latents.append(z_e_k)
-        return z_q, torch.stack(codes, dim=1), torch.cat(latents, dim=1), commitment_loss, codebook_loss
+        return (
+            z_q,
+            torch.stack(codes, dim=1),
+            torch.cat(latents, dim=1),
+            commitment_loss,
+            codebook_loss,
+        )
 
     def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """`sum_{k<K} out_proj_k(C_k[codes_k])` for `codes` `[B, K, G]`, `1 <= K <= n_codebooks`.

@@ -128,11 +128,15 @@ class WNConv1d(_WeightNormConv):
         bias: bool = True,
     ):
         super().__init__(
-            nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+            nn.Conv1d(
+                in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+            )
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv1d(
+            x, self.weight(), self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
 
 class WNConvTranspose1d(_WeightNormConv):
@@ -158,8 +162,14 @@ class WNConvTranspose1d(_WeightNormConv):
     ):
         super().__init__(
             nn.ConvTranspose1d(
-                in_channels, out_channels, kernel_size, stride, padding,
-                groups=groups, bias=bias, dilation=dilation,
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                groups=groups,
+                bias=bias,
+                dilation=dilation,
             )
         )
 
