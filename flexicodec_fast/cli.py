@@ -1,16 +1,20 @@
-"""Command line: `flexicodec-fast demo | profile`."""
+"""Command line: `flexicodec-fast demo | encode | decode | info | profile`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
+JSON_METADATA = ("thresholds", "audio_lengths", "sources", "sample_rate")
 DEMO_CLIP = Path(__file__).resolve().parent / "assets" / "demo.wav"
 
 
-def _load_model(args):
+def _load_model(args, allow_random: bool = False):
+    """The model named by --checkpoint/--config, else the built-in one; the demo alone
+    falls back to a random tiny model (returns source None then)."""
     from .loading import prepare_model
     from .reference.errors import CheckpointError
     from .tiny import random_tiny_model
@@ -20,16 +24,18 @@ def _load_model(args):
     try:
         return prepare_model(device=args.device), "built-in default model"
     except CheckpointError:
+        if not allow_random:
+            raise
         return random_tiny_model(seed=0), None
 
 
 def cmd_demo(args) -> int:
     import soundfile as sf
-    import torch
 
-    from .resampling import resample
+    from .fast import fast_decode, fast_encode
+    from .jobs import read_audio
 
-    model, source = _load_model(args)
+    model, source = _load_model(args, allow_random=True)
     if source is None:
         print(
             "NOTE: the built-in trained model is not bundled yet; running a RANDOMLY INITIALISED "
@@ -37,27 +43,88 @@ def cmd_demo(args) -> int:
         )
     else:
         print(f"model: {source}")
-    wav, sr = sf.read(str(args.audio), dtype="float32", always_2d=True)
-    audio = resample(torch.from_numpy(wav.mean(axis=1)), sr, 16000)[None]
+    audio = read_audio(args.audio, mix_down=True)[None]
     seconds = audio.shape[-1] / 16000
     nq = min(args.num_quantizers, model.max_num_quantizers)
-    with torch.inference_mode():
-        start = time.perf_counter()
-        enc = model.encode(audio, num_quantizers=nq, merging_threshold=args.threshold)
-        encoded = time.perf_counter()
-        decoded = model.decode(enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
-        done = time.perf_counter()
+    start = time.perf_counter()
+    enc = fast_encode(audio, model, num_quantizers=nq, merging_threshold=args.threshold)
+    encoded = time.perf_counter()
+    decoded = fast_decode(model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
+    done = time.perf_counter()
     frames = int(enc["token_lengths"].sum())
     tokens = int(enc["total_frames"][0])
     args.out.mkdir(parents=True, exist_ok=True)
     out_wav = args.out / "decoded.wav"
-    sf.write(str(out_wav), decoded[0, 0].numpy(), 16000)
+    sf.write(str(out_wav), decoded[0, 0].cpu().numpy(), 16000)
     print(f"input: {args.audio} ({seconds:.2f} s)")
     print(f"12.5 Hz frames: {frames}; tokens after merging (threshold {args.threshold}): {tokens}")
-    print(f"average frame rate: {tokens / seconds:.2f} Hz; quantizers: {nq}")
+    print(f"average frame rate: {tokens / frames * 12.5:.2f} Hz; quantizers: {nq}")
     print(f"encode {encoded - start:.3f} s, decode {done - encoded:.3f} s")
     print(f"decoded audio: {out_wav}")
     return 0
+
+
+def _print_report(report, what: str) -> int:
+    print(f"{what}: {len(report.done)} written, {len(report.skipped)} already done (skipped), "
+          f"{len(report.failed)} failed")
+    for path, reason in report.failed:
+        print(f"  failed: {path}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def cmd_encode(args) -> int:
+    from .jobs import encode_files
+
+    model, _ = _load_model(args)
+    report = encode_files(
+        model, args.paths, args.out, batch_size=args.batch_size, num_quantizers=args.num_quantizers,
+        threshold=args.threshold, target_frame_rate=args.target_frame_rate,
+        precision=args.precision, mix_down=args.mix_down, progress=not args.quiet,
+    )
+    return _print_report(report, "encode")
+
+
+def cmd_decode(args) -> int:
+    from .jobs import decode_files
+
+    model, _ = _load_model(args)
+    report = decode_files(model, args.paths, args.out, precision=args.precision,
+                          allow_other_model=args.allow_other_model, progress=not args.quiet)
+    return _print_report(report, "decode")
+
+
+def cmd_info(args) -> int:
+    from .codes_file import load_codes
+
+    status = 0
+    for path in args.paths:
+        try:
+            codes = load_codes(path)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            print(f"{path}: error: {e}", file=sys.stderr)
+            status = 1
+            continue
+        frames = codes.token_lengths.sum(dim=1)
+        info = {
+            "file": str(path),
+            "items": int(codes.total_frames.numel()),
+            "tokens": codes.total_frames.tolist(),
+            "frames_12p5hz": frames.tolist(),
+            "average_frame_rate_hz": [round(float(t) / float(f) * 12.5, 3)
+                                      for t, f in zip(codes.total_frames, frames)],
+            **{k: (json.loads(v) if k in JSON_METADATA else v) for k, v in codes.metadata.items()},
+            "num_quantizers": codes.num_quantizers,
+        }
+        print(json.dumps(info, indent=2))
+    return status
+
+
+def _model_options(p):
+    p.add_argument("--checkpoint", type=Path, help="FlexiCodec weights (.safetensors)")
+    p.add_argument("--config", type=Path, help="official config YAML")
+    p.add_argument("--sensevoice", type=Path, help="SenseVoiceSmall folder (model.pt, am.mvn)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
 
 
 def main(argv=None) -> int:
@@ -69,11 +136,34 @@ def main(argv=None) -> int:
     demo.add_argument("--out", type=Path, default=Path("out"))
     demo.add_argument("--threshold", type=float, default=0.91)
     demo.add_argument("--num-quantizers", type=int, default=8)
-    demo.add_argument("--checkpoint", type=Path)
-    demo.add_argument("--config", type=Path)
-    demo.add_argument("--sensevoice", type=Path)
-    demo.add_argument("--device", default="auto")
+    _model_options(demo)
     demo.set_defaults(func=cmd_demo)
+
+    enc = sub.add_parser("encode", help="encode audio files or folders (recursive) to codes files")
+    enc.add_argument("paths", nargs="+", type=Path)
+    enc.add_argument("-o", "--out", type=Path, required=True)
+    enc.add_argument("--batch-size", type=int, default=8)
+    enc.add_argument("--num-quantizers", type=int, default=8)
+    rate = enc.add_mutually_exclusive_group()
+    rate.add_argument("--threshold", type=float, default=0.91)
+    rate.add_argument("--target-frame-rate", type=float, help="Hz; per-item threshold search")
+    enc.add_argument("--mix-down", action="store_true", help="average the channels of multi-channel files")
+    enc.add_argument("--quiet", action="store_true")
+    _model_options(enc)
+    enc.set_defaults(func=cmd_encode)
+
+    dec = sub.add_parser("decode", help="decode codes files (or folders of them) to 16 kHz wav")
+    dec.add_argument("paths", nargs="+", type=Path)
+    dec.add_argument("-o", "--out", type=Path, required=True)
+    dec.add_argument("--allow-other-model", action="store_true",
+                     help="decode files made by another model (fingerprint mismatch)")
+    dec.add_argument("--quiet", action="store_true")
+    _model_options(dec)
+    dec.set_defaults(func=cmd_decode)
+
+    info = sub.add_parser("info", help="print what a codes file holds")
+    info.add_argument("paths", nargs="+", type=Path)
+    info.set_defaults(func=cmd_info)
 
     args = parser.parse_args(argv)
     from .reference.errors import FlexiCodecError

@@ -1,0 +1,381 @@
+"""`fast_encode` / `fast_decode`: the drop-in fast pipeline (design §2, §6).
+
+The reference model's own parameters run through fused ops: the batched front-end,
+SenseVoice with flash attention, the folded DAC stacks with fused Snake, one-pass merging
+(`kernels.merge`), closed-form interleaving (`kernels.interleave`), RoPE attention
+(`kernels.attention`), fused FSQ and all-stage RVQ, and unmerging by one gather. Codes equal
+the reference's; everything is batched with per-item lengths (no per-item Python loops) and
+an item's codes do not depend on its batch mates.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .conv_stack import FastDecoder, FastEncoder
+from .fast_modules import FastSenseVoice, FastTransformer
+from .kernels import fsq as kfsq
+from .kernels import interleave as kinterleave
+from .kernels import merge as kmerge
+from .kernels import rvq as krvq
+from .kernels import unmerge as kunmerge
+from .kernels._triton import select_backend
+from .reference.errors import InputError, describe
+from .reference.model import FlexiCodec, _mask_after
+from .reference.resample import downsample_semantic
+from .resampling import resample, resampled_length
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def _resolve_model(model) -> FlexiCodec:
+    """Accept our model or the official `prepare_model` dict layout (`{"model": ...}`)."""
+    if isinstance(model, dict) and "model" in model:
+        model = model["model"]
+    if not isinstance(model, FlexiCodec):
+        raise InputError(
+            f"model: expected the FlexiCodec returned by flexicodec_fast.prepare_model, got "
+            f"{type(model).__name__}"
+        )
+    return model
+
+
+@dataclass
+class _RVQStack:
+    """Every stage's weights stacked for the fused RVQ kernel (weight norm folded)."""
+
+    in_w: torch.Tensor
+    in_b: torch.Tensor
+    cb: torch.Tensor
+    cb_norm: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+
+    @classmethod
+    def build(cls, rvq) -> _RVQStack:
+        qs = rvq.quantizers
+        with torch.no_grad():
+            return cls(
+                torch.stack([q.in_proj.weight()[..., 0] for q in qs]),
+                torch.stack([q.in_proj.bias for q in qs]),
+                torch.stack([q.codebook.weight for q in qs]),
+                torch.stack([F.normalize(q.codebook.weight, dim=1) for q in qs]),
+                torch.stack([q.out_proj.weight()[..., 0] for q in qs]),
+                torch.stack([q.out_proj.bias for q in qs]),
+            )
+
+
+class FastCodec:
+    """Everything prepared once per model: folded stacks, stacked RVQ weights, executors.
+
+    Rebuilt automatically when any parameter of the model changes (parameter versions are
+    compared on every call), so it is safe to use during or after training.
+    """
+
+    _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, model: FlexiCodec, backend: str):
+        self.model = model
+        self.backend = backend
+        self.version = self._version(model)
+        self.encoder = FastEncoder(model.dac.encoder)
+        self.decoder = FastDecoder(model.dac.decoder)
+        self.rvq = _RVQStack.build(model.dac.quantizer)
+        self.sensevoice = FastSenseVoice(model.semantic_model)
+        self.levels = tuple(model.config.fsq_levels)
+        cfg = model.config
+        self.aggregators = None
+        if cfg.use_query_token_aggregator:
+            self.aggregators = (
+                (FastTransformer(model.semantic_aggregator.transformer, backend),
+                 model.semantic_aggregator.query_embedding[0, :, 0]),
+                (FastTransformer(model.acoustic_aggregator.transformer, backend),
+                 model.acoustic_aggregator.query_embedding[0, :, 0]),
+            )
+        self.bottleneck = (
+            None if model.bottleneck_transformer is None
+            else FastTransformer(model.bottleneck_transformer, backend)
+        )
+
+    @staticmethod
+    def _version(model) -> int:
+        return sum(p._version for p in model.parameters())
+
+    @classmethod
+    def for_model(cls, model: FlexiCodec, backend: str = "auto") -> FastCodec:
+        per_model = cls._cache.setdefault(model, {})
+        plan = per_model.get(backend)
+        if plan is None or plan.version != cls._version(model):
+            plan = per_model[backend] = cls(model, backend)
+        return plan
+
+    # ------------------------------------------------------------------------- pieces
+
+    def aggregate(self, which: int, frames, means, merged, groups: int) -> torch.Tensor:
+        """Group tokens `[B, G, C]` of one stream (frames `[B, T, C]`)."""
+        if self.aggregators is None:
+            return means[:, :groups]
+        transformer, embedding = self.aggregators[which]
+        sequence = kinterleave.interleave(
+            frames, means[:, :groups], embedding, merged.group_ids, merged.lengths,
+            merged.num_groups, backend=self.backend,
+        )
+        out = transformer(sequence, merged.lengths + merged.num_groups)
+        return kinterleave.retrieve(out, merged.group_ids, merged.num_groups, backend=self.backend)
+
+    def quantize_semantic(self, tokens: torch.Tensor, num_groups: torch.Tensor):
+        """tokens `[B, G, 512]` -> (codes `[B, 1, G]` int32, decoded latent `[B, latent, G]`)."""
+        model = self.model
+        fsq = model.semantic_vq.fsq
+        hidden = model._convnext(model.convnext_encoder, tokens.transpose(1, 2), num_groups)
+        quantized, codes = kfsq.fsq(
+            hidden.transpose(1, 2).contiguous(), fsq.project_in.weight, fsq.project_in.bias,
+            fsq.project_out.weight, fsq.project_out.bias, self.levels, backend=self.backend,
+        )
+        decoded = model._convnext(model.convnext_decoder, quantized.transpose(1, 2), num_groups)
+        return _mask_after(codes.unsqueeze(1), num_groups), decoded
+
+    def decode_semantic(self, codes: torch.Tensor, num_groups: torch.Tensor) -> torch.Tensor:
+        fsq = self.model.semantic_vq.fsq
+        quantized = kfsq.fsq_decode(codes[:, 0], fsq.project_out.weight, fsq.project_out.bias,
+                                    self.levels, backend=self.backend)
+        return self.model._convnext(self.model.convnext_decoder, quantized.transpose(1, 2), num_groups)
+
+
+def _check_options(backend: str, precision: str):
+    if backend not in ("auto", "triton", "torch"):
+        raise InputError(f"backend: expected 'auto', 'triton' or 'torch', got {backend!r}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+
+
+def prepare_audio(audio, audio_lens, sample_rate: int, mix_down: bool, device):
+    """Validate and bring audio to 16 kHz mono `[B, N]` float32 on `device`, with lengths."""
+    if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
+        raise InputError(f"audio: expected a float tensor [B, N] (or [B, C, N] with mix_down), got {describe(audio)}")
+    if audio.dim() == 3:
+        if audio.shape[1] != 1 and not mix_down:
+            raise InputError(
+                f"audio: got {audio.shape[1]} channels ({describe(audio)}); FlexiCodec is mono: "
+                "pass mix_down=True to average the channels"
+            )
+        audio = audio.mean(dim=1)
+    if audio.dim() != 2:
+        raise InputError(f"audio: expected a float tensor [B, N], got {describe(audio)}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise InputError(f"sample_rate: expected a positive int (Hz), got {describe(sample_rate)}")
+    audio = audio.to(device=device, dtype=torch.float32)
+    if audio.numel() and not bool(torch.isfinite(audio).all()):
+        raise InputError("audio: expected finite samples, got NaN or Inf values")
+    if sample_rate != 16000:
+        if audio_lens is not None:
+            if not isinstance(audio_lens, torch.Tensor) or audio_lens.dtype.is_floating_point:
+                raise InputError(f"audio_lens: expected an integer tensor [B], got {describe(audio_lens)}")
+            audio_lens = torch.tensor([resampled_length(int(n), sample_rate) for n in audio_lens.tolist()],
+                                      dtype=torch.long)
+        audio = resample(audio, sample_rate, 16000)
+    return audio, audio_lens
+
+
+def _frame_rate_thresholds(similarity, frames, max_tokens, target: float):
+    """Per item, the largest threshold-induced frame rate not above `target` Hz.
+
+    The group count is non-decreasing in the threshold (a higher threshold only adds
+    boundaries, and splitting a run never reduces its forced groups), and it changes only at
+    the item's similarity values, so a binary search over them finds it without re-encoding.
+    Returns thresholds `[B]` float64 (a similarity value, or -inf when even the fewest
+    groups exceed the target) and the resulting frame rates.
+    """
+    from .reference.merging import group_starts
+
+    thresholds, rates = [], []
+    for b in range(similarity.shape[0]):
+        t_b = int(frames[b])
+        sims = similarity[b, : t_b - 1]
+        candidates = [float("-inf")] + sorted(set(sims.tolist()))
+
+        def rate(threshold, sims=sims, t_b=t_b):
+            starts = group_starts(sims[None], threshold, max_tokens)
+            return int(starts.sum()) / t_b * 12.5
+
+        lo, hi = 0, len(candidates) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if rate(candidates[mid]) <= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        thresholds.append(candidates[lo])
+        rates.append(rate(candidates[lo]))
+    return torch.tensor(thresholds, dtype=torch.float64), torch.tensor(rates, dtype=torch.float64)
+
+
+def fast_encode(
+    audio: torch.Tensor,
+    model,
+    sample_rate: int = 16000,
+    num_quantizers: int = 8,
+    merging_threshold: float = 0.91,
+    audio_lens: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+    target_frame_rate: float | None = None,
+    dither: float = 0.0,
+    mix_down: bool = False,
+) -> dict:
+    """Encode audio `[B, N]` at `sample_rate`; the same arguments and outputs as the official
+    `encode_flexicodec` (see `FlexiCodec.encode` for the keys), plus:
+
+    backend: "auto" (Triton on CUDA, torch paths on CPU), "triton" or "torch".
+    precision: "fp32" (codes identical to the reference) or "bf16".
+    target_frame_rate: Hz; per item, the threshold giving the largest average frame rate
+        (tokens per 12.5 Hz frame x 12.5) not above it is used instead of
+        `merging_threshold`; the chosen values are returned as `thresholds` `[B]`.
+    dither: front-end dither (0: deterministic; 1.0: the official random behaviour).
+    mix_down: average the channels of `[B, C, N]` input (else multi-channel is an error).
+    """
+    model = _resolve_model(model)
+    _check_options(backend, precision)
+    device = next(model.parameters()).device
+    audio, audio_lens = prepare_audio(audio, audio_lens, sample_rate, mix_down, device)
+    model._check_encode_args(audio, audio_lens, num_quantizers, merging_threshold)
+    if target_frame_rate is not None and not (
+        isinstance(target_frame_rate, (int, float)) and 0 < target_frame_rate <= 12.5
+    ):
+        raise InputError(f"target_frame_rate: expected a number in (0, 12.5] Hz, got {describe(target_frame_rate)}")
+    fast = FastCodec.for_model(model, backend)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
+        return _encode(model, fast, audio, audio_lens, num_quantizers, merging_threshold,
+                       target_frame_rate, dither)
+
+
+def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_frame_rate, dither):
+    cfg = model.config
+    batch = audio.shape[0]
+    features, feature_lens = model.frontend(audio, audio_lens, dither)
+    hidden = fast.sensevoice(features, feature_lens).float()
+    sem, sem_lens = downsample_semantic(hidden.transpose(1, 2).contiguous(), feature_lens,
+                                        cfg.semantic_downsample_factor)
+    if audio_lens is None:
+        audio_lens = torch.full((batch,), audio.shape[1], dtype=torch.long)
+    audio_lens = audio_lens.to(device=audio.device, dtype=torch.long)
+    hop = model.hop_length
+    padded = F.pad(audio, (0, -audio.shape[1] % hop))
+    ac = fast.encoder(padded.unsqueeze(1), model.dac.num_frames(audio_lens) * hop).float()
+    frames = torch.minimum(sem_lens, model.dac.num_frames(audio_lens).to(sem_lens.device))
+    t_max = int(frames.max())
+    sem = _mask_after(sem[..., :t_max], frames)
+    ac = _mask_after(ac[..., :t_max], frames)
+    # Channels-last views of channels-first tensors: the similarity reduction then runs in
+    # the official memory order (see reference.merging.adjacent_cosine).
+    sem_t, ac_t = sem.transpose(1, 2), ac.transpose(1, 2)
+    if select_backend(fast.backend, sem.device) == "triton":
+        # The kernels read rows with unit stride (their reductions round differently anyway).
+        sem_t, ac_t = sem_t.contiguous(), ac_t.contiguous()
+
+    thresholds = None
+    if target_frame_rate is not None:
+        seg = kmerge.segment(sem_t, frames, threshold=1.0, max_tokens_per_group=cfg.max_tokens_per_group,
+                             backend=fast.backend)
+        thresholds, _ = _frame_rate_thresholds(seg.similarity, frames, cfg.max_tokens_per_group,
+                                               float(target_frame_rate))
+        threshold = thresholds.to(sem.device, torch.float32).view(-1, 1)
+    merged = _merge(fast, sem_t, ac_t, frames, threshold, cfg.max_tokens_per_group)
+    groups = int(merged.num_groups.max())
+
+    sem_tokens = fast.aggregate(0, sem_t, merged.means[0], merged, groups)
+    ac_tokens = fast.aggregate(1, ac_t, merged.means[1], merged, groups)
+    semantic_codes, sem_decoded = fast.quantize_semantic(sem_tokens.float(), merged.num_groups)
+    acoustic_codes = None
+    latent = sem_decoded
+    if num_quantizers > 1:
+        residual = (ac_tokens.float() - sem_decoded.transpose(1, 2)).contiguous()
+        r = fast.rvq
+        acoustic_codes, quantized = krvq.rvq_encode(
+            residual, r.in_w, r.in_b, r.cb, r.cb_norm, r.out_w, r.out_b, num_quantizers - 1,
+            merged.num_groups, backend=fast.backend,
+        )
+        latent = quantized.transpose(1, 2) + sem_decoded
+    out = {
+        "semantic_codes": semantic_codes,
+        "acoustic_codes": acoustic_codes,
+        "token_lengths": merged.token_lengths[:, :groups].contiguous(),
+        "total_frames": merged.num_groups,
+        "similarity": merged.similarity,
+        "sim_matrix": merged.similarity,
+        "semantic_features": sem,
+        "decoder_latent": _mask_after(latent, merged.num_groups),
+    }
+    if thresholds is not None:
+        out["thresholds"] = thresholds
+    return out
+
+
+@dataclass
+class _MergeResult:
+    """Segmentation of a batch (sized for G = T), its valid frames and both streams' means."""
+
+    group_ids: torch.Tensor
+    token_lengths: torch.Tensor
+    num_groups: torch.Tensor
+    similarity: torch.Tensor
+    lengths: torch.Tensor
+    means: tuple[torch.Tensor, ...]
+
+
+def _merge(fast, sem_t, ac_t, frames, threshold, max_tokens) -> _MergeResult:
+    """Segment and average both streams; a per-item threshold `[B, 1]` takes the reference
+    segmentation (the fused kernel takes one threshold per launch)."""
+    if isinstance(threshold, torch.Tensor):
+        from .reference.merging import group_means, segment
+
+        seg = segment(sem_t, threshold, max_tokens, frames)
+        groups = seg.max_groups
+        means = tuple(group_means(x, seg.group_ids, groups) for x in (sem_t, ac_t))
+        return _MergeResult(seg.group_ids, seg.token_lengths, seg.num_groups, seg.similarity,
+                            frames, means)
+    merged = kmerge.merge(sem_t, frames, threshold=float(threshold), max_tokens_per_group=max_tokens,
+                          streams=(sem_t, ac_t), backend=fast.backend)
+    return _MergeResult(merged.group_ids, merged.token_lengths, merged.num_groups,
+                        merged.similarity, frames, merged.means)
+
+
+def fast_decode(
+    model,
+    semantic_codes: torch.Tensor,
+    acoustic_codes: torch.Tensor | None,
+    token_lengths: torch.Tensor,
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """Codes -> audio `[B, 1, decoded_length(T_max)]`; the same arguments and output as the
+    official `decode_from_codes`. Item b's audio past its `decoded_length(T_b)` is zero."""
+    model = _resolve_model(model)
+    _check_options(backend, precision)
+    model._check_codes(semantic_codes, acoustic_codes, token_lengths)
+    device = next(model.parameters()).device
+    semantic_codes, token_lengths = semantic_codes.to(device), token_lengths.to(device).long()
+    if acoustic_codes is not None:
+        acoustic_codes = acoustic_codes.to(device)
+    fast = FastCodec.for_model(model, backend)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
+        groups = torch.arange(token_lengths.shape[1], device=device)
+        num_groups = torch.where(token_lengths > 0, groups + 1, 0).amax(dim=1)
+        sem = fast.decode_semantic(semantic_codes, num_groups).transpose(1, 2)
+        ac = None
+        if acoustic_codes is not None:
+            r = fast.rvq
+            ac = krvq.rvq_decode(acoustic_codes, r.cb, r.out_w, r.out_b, backend=fast.backend)
+        frames = token_lengths.sum(dim=1)
+        z = kunmerge.unmerge(sem.contiguous(), ac, token_lengths, int(frames.max()), backend=fast.backend)
+        if fast.bottleneck is not None:
+            z = fast.bottleneck(z, frames)
+        return fast.decoder(z.transpose(1, 2).float(), frames)

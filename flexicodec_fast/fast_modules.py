@@ -1,0 +1,94 @@
+"""Inference executors for the reference model's transformers and SenseVoice encoder.
+
+Each executor is built once from a reference module and reads its parameters (no copies);
+it runs the same arithmetic through fused ops: the RoPE attention kernel (`kernels.attention`)
+for the mimi transformers, scaled-dot-product attention for SenseVoice, in-place residual
+updates. Inputs and outputs are channels-last `[B, L, C]`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .kernels.attention import attention
+from .reference.sensevoice import PROMPT_ROWS, SenseVoiceEncoder, sinusoidal_position_encoding
+from .reference.transformer import ProjectedTransformer
+
+
+def _valid_rows(length: int, lengths: torch.Tensor, device) -> torch.Tensor:
+    """`[B, L, 1]` bool: position < item length."""
+    return (torch.arange(length, device=device).view(1, -1) < lengths.view(-1, 1)).unsqueeze(-1)
+
+
+class FastTransformer:
+    """The mimi transformer of `reference.transformer.ProjectedTransformer`, `[B, L, C_io]`."""
+
+    def __init__(self, module: ProjectedTransformer, backend: str = "auto"):
+        self.module = module
+        self.backend = backend
+        pattern = module.pattern
+        self.attention_args = dict(window=pattern.window, causal=pattern.causal,
+                                   context=pattern.context if pattern.causal else None)
+
+    def __call__(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x `[B, L, C_io]`; lengths `[B]` int64 (None: all L). Rows past a length are 0."""
+        module = self.module
+        if lengths is not None and bool((lengths >= x.shape[1]).all()):
+            lengths = None
+        if module.input_proj is not None:
+            x = F.linear(x, module.input_proj.weight)
+        for layer in module.transformer.layers:
+            attn = layer.self_attn
+            h = layer.norm1(x)
+            q, k, v = rearrange(F.linear(h, attn.in_proj_weight), "b l (p h d) -> p b h l d",
+                                p=3, h=attn.num_heads)
+            a = attention(q, k, v, lengths, backend=self.backend, **self.attention_args)
+            update = F.linear(a, attn.out_proj.weight).mul_(layer.layer_scale_1.scale)
+            x = x + update
+            h = F.gelu(F.linear(layer.norm2(x), layer.linear1.weight))
+            x.add_(F.linear(h, layer.linear2.weight).mul_(layer.layer_scale_2.scale))
+        x = module.output_projs[0](x)
+        if lengths is not None:
+            x = x.masked_fill(~_valid_rows(x.shape[1], lengths, x.device), 0.0)
+        return x
+
+
+class FastSenseVoice:
+    """`reference.sensevoice.SenseVoiceEncoder` with fused (flash) attention: the score
+    matrix is never materialised, so memory grows linearly with the input length."""
+
+    def __init__(self, module: SenseVoiceEncoder):
+        self.module = module
+
+    def _attention(self, block, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        sanm = block.self_attn
+        q, k, v = sanm.linear_q_k_v(x).chunk(3, dim=-1)
+        memory = sanm.fsmn(v, mask)
+        q, k, vh = (rearrange(t, "b l (h d) -> b h l d", h=sanm.heads) for t in (q, k, v))
+        keys = None if mask is None else (mask[:, None, None, :] > 0)
+        a = F.scaled_dot_product_attention(q, k, vh, keys)
+        return sanm.linear_out(rearrange(a, "b h l d -> b l (h d)")).add_(memory)
+
+    def __call__(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
+        """feats `[B, Tl, 560]`, feat_lens `[B]` -> `[B, Tl, 512]` (0 past each length)."""
+        module = self.module
+        cfg = module.cfg
+        batch, length = feats.shape[:2]
+        n_prompt = len(PROMPT_ROWS)
+        prompt = module.embed.weight[list(PROMPT_ROWS)].expand(batch, -1, -1)
+        x = torch.cat([prompt, feats], dim=1) * cfg.output_size**0.5
+        x.add_(sinusoidal_position_encoding(n_prompt + length, cfg.input_size, x.device))
+        mask = None
+        if not bool((feat_lens >= length).all()):
+            positions = torch.arange(n_prompt + length, device=feats.device)
+            mask = (positions[None, :] < (feat_lens + n_prompt)[:, None]).to(x.dtype)
+        for block in (*module.encoder.encoders0, *module.encoder.encoders):
+            attn = self._attention(block, block.norm1(x), mask)
+            x = attn.add_(x) if block.residual else attn
+            x = x + block.feed_forward(block.norm2(x))
+        out = module.encoder.after_norm(x)[:, n_prompt:]
+        if mask is not None:
+            out = out * mask[:, n_prompt:, None]
+        return out

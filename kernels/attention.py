@@ -1,0 +1,384 @@
+"""Flash-style attention with interleaved-pair RoPE, per-item key lengths and banded patterns.
+
+    q', k' = RoPE(q), RoPE(k)                 (pairs (2i, 2i+1), positions 0..L-1)
+    out[b, t, h*Dh:(h+1)*Dh] = softmax_s(q'[b,h,t] . k'[b,h,s] / sqrt(Dh)) v[b,h,s]
+
+over the keys s visible from query t: `s < lengths[b]` and, for a banded pattern,
+`t - before <= s <= t + after`. The reference's patterns (`reference.attention`) map to
+  full:                  not banded
+  window w:              before = after = w
+  causal, context c:     before = c - 1 (L - 1 without a context), after = 0.
+Rows `t >= lengths[b]` of the output are zero (the reference leaves them finite but
+meaningless and its callers zero them).
+
+RoPE follows the reference exactly: tables `cos, sin [L, Dh/2]` float32 computed with its
+formula, rotation in float32, result cast back to the input dtype before the products.
+Scores, softmax statistics and the output accumulator are float32 (online softmax, exp2 with
+the scale folded in). fp32 inputs multiply in full fp32 with `fp32_precision="ieee"` (the
+parity mode, the default) or in tf32 with `"tf32"`; fp16/bf16 inputs use tensor cores.
+
+Layout: q, k, v `[B, H, L, Dh]` with a contiguous last dimension (any other strides, so the
+views of a fused QKV projection can be passed as they are); lengths `[B]` int64 or None
+(values past L act as L); output `[B, L, H*Dh]` contiguous, the input dtype, ready for the
+output projection.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ._triton import select_backend, tl, triton
+from .aot import AotSpec
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+HEAD_DIMS = (16, 32, 64, 128)
+PRECISIONS = ("ieee", "tf32")
+NUM_STAGES = 2
+TORCH_QUERY_CHUNK = 256
+LOG2_E = 1.4426950408889634
+
+
+@triton.jit
+def _rope(x, cos, sin, ROWS: tl.constexpr, HALF: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Rotate the interleaved pairs of `x` `[ROWS, HEAD_DIM]` in fp32 by `cos, sin`
+    `[ROWS, HALF]`, in the reference's operation order, and cast back to x's dtype."""
+    re, im = tl.split(tl.reshape(x.to(tl.float32), [ROWS, HALF, 2]))
+    out_re = re * cos - im * sin
+    out_im = re * sin + im * cos
+    return tl.reshape(tl.join(out_re.to(x.dtype), out_im.to(x.dtype)), [ROWS, HEAD_DIM])
+
+
+@triton.jit
+def _attention_kernel(
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, len_ptr, o_ptr,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_tl,
+    stride_ob, stride_ol,
+    H, L, before, after, qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BANDED: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """One program: `BLOCK_M` queries of one (item, head), all their visible keys.
+
+    q, k, v `[B, H, L, HEAD_DIM]` (last dim contiguous); cos, sin `[L, HEAD_DIM // 2]`
+    float32; len `[B]` int64; o `[B, L, H * HEAD_DIM]` (last dim contiguous).
+    Grid: `(cdiv(L, BLOCK_M), B * H)`. Only key blocks that intersect
+    `[m0 - before, m0 + BLOCK_M - 1 + after]` and `[0, len)` are visited, so a banded
+    pattern costs O(L * (before + after)) rather than O(L^2). `qk_scale` is
+    `log2(e) / sqrt(HEAD_DIM)`, so the softmax runs on exp2.
+    """
+    HALF: tl.constexpr = HEAD_DIM // 2
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    length = tl.minimum(tl.load(len_ptr + b), L).to(tl.int32)
+
+    m0 = pid_m * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, HEAD_DIM)
+    pairs = tl.arange(0, HALF)
+
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_ql
+                + dims[None, :], mask=(rows < L)[:, None], other=0.0)
+    q_cos = tl.load(cos_ptr + rows[:, None] * stride_tl + pairs[None, :],
+                    mask=(rows < L)[:, None], other=0.0)
+    q_sin = tl.load(sin_ptr + rows[:, None] * stride_tl + pairs[None, :],
+                    mask=(rows < L)[:, None], other=0.0)
+    q = _rope(q, q_cos, q_sin, BLOCK_M, HALF, HEAD_DIM)
+
+    if BANDED:
+        lo = tl.maximum(m0 - before, 0)
+        hi = tl.minimum(m0 + BLOCK_M + after, length)
+    else:
+        lo = 0
+        hi = length
+    # A block of queries that are all past the item's end visits no key.
+    hi = tl.where(m0 < length, hi, lo)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    for n0 in range(lo, hi, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_in = (cols < L)[:, None]
+        k = tl.load(k_base + cols[:, None] * stride_kl + dims[None, :], mask=col_in, other=0.0)
+        k_cos = tl.load(cos_ptr + cols[:, None] * stride_tl + pairs[None, :], mask=col_in,
+                        other=0.0)
+        k_sin = tl.load(sin_ptr + cols[:, None] * stride_tl + pairs[None, :], mask=col_in,
+                        other=0.0)
+        k = _rope(k, k_cos, k_sin, BLOCK_N, HALF, HEAD_DIM)
+        v = tl.load(v_base + cols[:, None] * stride_vl + dims[None, :], mask=col_in, other=0.0)
+
+        qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+        visible = (cols < length)[None, :]
+        if BANDED:
+            delta = rows[:, None] - cols[None, :]
+            visible = visible & (delta <= before) & (delta >= -after)
+        qk = tl.where(visible, qk, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        # Rows with no visible key yet keep m = -inf; subtract 0 there so exp2 gives 0, not NaN.
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_ref[:, None])
+        correction = tl.math.exp2(m_i - m_ref)
+        l_i = l_i * correction + tl.sum(p, axis=1)
+        acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v,
+                                                 input_precision=INPUT_PRECISION)
+        m_i = m_new
+
+    valid = rows < length
+    out = acc / tl.where(valid, l_i, 1.0)[:, None]
+    out = tl.where(valid[:, None], out, 0.0)
+    tl.store(o_ptr + b * stride_ob + rows[:, None] * stride_ol + h * HEAD_DIM + dims[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=(rows < L)[:, None])
+
+
+def rope_tables(length: int, head_dim: int, max_period: float = 10000.0, device=None):
+    """cos and sin of the rotation angles, each `[length, head_dim // 2]` float32, computed
+    exactly as the reference does: angle of pair i at position t is
+    `t * exp(i * (-ln(max_period) * 2 / head_dim))`."""
+    ds = torch.arange(head_dim // 2, device=device, dtype=torch.float32)
+    freqs = torch.exp(ds * (-math.log(max_period) * 2 / head_dim))
+    ts = torch.arange(length, device=device, dtype=torch.float32).view(-1, 1)
+    angles = freqs * ts
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of `x` `[..., L, D]` by `cos, sin` `[L, D/2]` (float32 maths,
+    result in x's dtype; bit-identical to the reference's `apply_rope`)."""
+    pairs = x.unflatten(-1, (-1, 2))
+    re, im = pairs[..., 0].float(), pairs[..., 1].float()
+    out_re = re * cos - im * sin
+    out_im = re * sin + im * cos
+    return torch.stack([out_re.to(x.dtype), out_im.to(x.dtype)], dim=-1).flatten(-2)
+
+
+def band_limits(length: int, window: int | None, causal: bool,
+                context: int | None) -> tuple[bool, int, int]:
+    """`(banded, before, after)`: key s is visible from query t iff
+    `t - before <= s <= t + after` (when banded)."""
+    if window is not None:
+        return True, window, window
+    if causal:
+        return True, (length - 1 if context is None else context - 1), 0
+    return False, length, length
+
+
+def attention_torch(q, k, v, lengths=None, window=None, causal=False, context=None,
+                    max_period=10000.0):
+    """Torch path: RoPE by `apply_rope`, then `F.scaled_dot_product_attention`.
+
+    A banded pattern runs one SDPA call per chunk of `TORCH_QUERY_CHUNK` queries over only
+    the keys its band reaches, so memory is O(L * (chunk + before + after)), not O(L^2).
+    Returns `[B, L, H*Dh]` with rows past each item's length zero.
+    """
+    batch, heads, length, head_dim = q.shape
+    cos, sin = rope_tables(length, head_dim, max_period, device=q.device)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    positions = torch.arange(length, device=q.device)
+    if lengths is None:
+        lengths = torch.full((batch,), length, dtype=torch.int64, device=q.device)
+    key_ok = (positions.view(1, -1) < lengths.view(-1, 1)).view(batch, 1, 1, length)
+    banded, before, after = band_limits(length, window, causal, context)
+    if not banded:
+        out = F.scaled_dot_product_attention(q, k, v, key_ok)
+    else:
+        chunks = []
+        for a0 in range(0, length, TORCH_QUERY_CHUNK):
+            a1 = min(length, a0 + TORCH_QUERY_CHUNK)
+            k0, k1 = max(0, a0 - before), min(length, a1 + after)
+            delta = positions[a0:a1].view(-1, 1) - positions[k0:k1].view(1, -1)
+            mask = key_ok[..., k0:k1] & (delta <= before) & (delta >= -after)
+            chunks.append(F.scaled_dot_product_attention(
+                q[:, :, a0:a1], k[:, :, k0:k1], v[:, :, k0:k1], mask))
+        out = torch.cat(chunks, dim=2)
+    # Rows past an item's end may be NaN (no visible key): select zeros, do not multiply.
+    query_ok = (positions.view(1, -1) < lengths.view(-1, 1)).view(batch, 1, length, 1)
+    out = torch.where(query_ok, out, out.new_zeros(()))
+    return out.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+def launch_config(head_dim: int, dtype: torch.dtype, fp32_precision: str) -> tuple[int, int, int]:
+    """Production `(BLOCK_M, BLOCK_N, num_warps)`: the largest tiles that do not spill on
+    sm_80 or sm_90 (measured with `kernels.aot`; the production head dim 64 is checked by
+    tests/test_aot.py). Full-fp32 products run on CUDA cores and hold their operands in
+    registers, hence the small tiles of the "ieee" mode."""
+    if dtype != torch.float32:
+        return (64, 64, 4) if head_dim <= 64 else (64, 32, 4)
+    if fp32_precision == "tf32":
+        return (64, 32, 4) if head_dim <= 64 else (32, 32, 4)
+    return (32, 16, 4) if head_dim <= 64 else (16, 16, 8)
+
+
+def _launch(q, k, v, lengths, window, causal, context, max_period, fp32_precision,
+            block_m, block_n):
+    batch, heads, length, head_dim = q.shape
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"the Triton kernel supports head dims {HEAD_DIMS}, got {head_dim}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dimension (stride 1) for the "
+                             f"Triton kernel, got strides {list(t.stride())}")
+    default_m, default_n, num_warps = launch_config(head_dim, q.dtype, fp32_precision)
+    block_m, block_n = block_m or default_m, block_n or default_n
+    out = torch.empty(batch, length, heads * head_dim, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    cos, sin = rope_tables(length, head_dim, max_period, device=q.device)
+    if lengths is None:
+        lengths = torch.full((batch,), length, dtype=torch.int64, device=q.device)
+    banded, before, after = band_limits(length, window, causal, context)
+    _attention_kernel[(triton.cdiv(length, block_m), batch * heads)](
+        q, k, v, cos, sin, lengths, out,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        cos.stride(0),
+        out.stride(0), out.stride(1),
+        heads, length, before, after, LOG2_E / math.sqrt(head_dim),
+        HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BANDED=banded,
+        INPUT_PRECISION=fp32_precision, num_warps=num_warps, num_stages=NUM_STAGES,
+    )
+    return out
+
+
+def _check(q, k, v, lengths, window, causal, context, fp32_precision, blocks) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, H, L, Dh], got shape {list(q.shape)}")
+    if q.shape[-1] % 2:
+        raise ValueError(f"the head dim of q must be even for RoPE pairs, got {q.shape[-1]}")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have q's shape {list(q.shape)}, got {list(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on {q.device} like q, got {t.device}")
+    if lengths is not None:
+        if not isinstance(lengths, torch.Tensor):
+            raise TypeError(f"lengths must be a torch.Tensor or None, got {type(lengths).__name__}")
+        if tuple(lengths.shape) != (q.shape[0],):
+            raise ValueError(f"lengths must be [B] = [{q.shape[0]}], got {list(lengths.shape)}")
+        if lengths.dtype != torch.int64:
+            raise TypeError(f"lengths must be int64, got {lengths.dtype}")
+        if lengths.device != q.device:
+            raise ValueError(f"lengths must be on {q.device} like q, got {lengths.device}")
+    if window is not None:
+        if causal:
+            raise ValueError("an attention pattern is either windowed or causal, not both: "
+                             f"got window={window} and causal=True")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise ValueError(f"window must be None or an int >= 0, got {window!r}")
+    if context is not None:
+        if not causal:
+            raise ValueError(f"context applies to causal attention only, got context={context} "
+                             "with causal=False")
+        if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+            raise ValueError(f"context must be None or an int >= 1, got {context!r}")
+    if fp32_precision not in PRECISIONS:
+        raise ValueError(f"fp32_precision must be one of {PRECISIONS}, got {fp32_precision!r}")
+    if blocks is not None:
+        ok = (isinstance(blocks, tuple) and len(blocks) == 2
+              and all(isinstance(n, int) and n >= 16 and n & (n - 1) == 0 for n in blocks))
+        if not ok:
+            raise ValueError(f"blocks must be None or (BLOCK_M, BLOCK_N), powers of two >= 16, "
+                             f"got {blocks!r}")
+
+
+@torch.library.custom_op("flexicodec_fast::attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  lengths: torch.Tensor | None, window: int | None, causal: bool,
+                  context: int | None, max_period: float, fp32_precision: str, backend: str,
+                  block_m: int, block_n: int) -> torch.Tensor:
+    if select_backend(backend, q.device) == "triton":
+        return _launch(q, k, v, lengths, window, causal, context, max_period, fp32_precision,
+                       block_m, block_n)
+    return attention_torch(q, k, v, lengths, window, causal, context, max_period)
+
+
+@_attention_op.register_fake
+def _(q, k, v, lengths, window, causal, context, max_period, fp32_precision, backend,
+      block_m, block_n):
+    batch, heads, length, head_dim = q.shape
+    return q.new_empty(batch, length, heads * head_dim)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              lengths: torch.Tensor | None = None, *, window: int | None = None,
+              causal: bool = False, context: int | None = None, max_period: float = 10000.0,
+              fp32_precision: str = "ieee", backend: str = "auto",
+              blocks: tuple[int, int] | None = None) -> torch.Tensor:
+    """Self-attention core of the mimi transformer with RoPE: `[B, H, L, Dh]` x3 ->
+    `[B, L, H*Dh]`.
+
+    lengths: valid positions per item `[B]` int64, or None (all L). Pattern: full (default),
+    `window=w` (|t - s| <= w) or `causal=True` with optional `context=c` (0 <= t - s < c).
+    fp32_precision: "ieee" (parity) or "tf32", for fp32 inputs on the Triton path.
+    backend: "auto" | "triton" | "torch". blocks: `(BLOCK_M, BLOCK_N)` override of the Triton
+    tile (tests use small tiles to exercise multi-block loops). Registered as
+    `torch.ops.flexicodec_fast.attention`. Not differentiable.
+    """
+    _check(q, k, v, lengths, window, causal, context, fp32_precision, blocks)
+    select_backend(backend, q.device)
+    block_m, block_n = blocks or (0, 0)
+    return _attention_op(q, k, v, lengths, window, causal, context, float(max_period),
+                         fp32_precision, backend, block_m, block_n)
+
+
+# Production shape: the bottleneck transformer (8 heads of 64, full attention) on a batch of
+# eight ~80 s clips at 12.5 Hz, L = 1024 (aggregators run the same kernel on T + G positions;
+# the windowed variant is the paper's local attention, w = 16).
+_B, _H, _L, _DH = 8, 8, 1024, 64
+_STRIDES = ("stride_qb", "stride_qh", "stride_ql", "stride_kb", "stride_kh", "stride_kl",
+            "stride_vb", "stride_vh", "stride_vl", "stride_tl", "stride_ob", "stride_ol")
+
+
+def _spec(dtype: str, precision: str = "ieee", window: int | None = None) -> AotSpec:
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    size = torch_dtype.itemsize
+    block_m, block_n, num_warps = launch_config(_DH, torch_dtype, precision)
+    # Keys each query visits: all of them, or the blocks its band touches.
+    keys = _L if window is None else min(_L, 2 * window + block_m + block_n)
+    tensor_cores = dtype != "fp32" or precision == "tf32"
+    pattern = "full" if window is None else f"window {window}"
+    return AotSpec(
+        name=f"attention {dtype}{' ' + precision if dtype == 'fp32' else ''} {pattern}",
+        kernel=_attention_kernel,
+        signature={"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "v_ptr": f"*{dtype}",
+                   "cos_ptr": "*fp32", "sin_ptr": "*fp32", "len_ptr": "*i64",
+                   "o_ptr": f"*{dtype}", **{s: "i32" for s in _STRIDES},
+                   "H": "i32", "L": "i32", "before": "i32", "after": "i32", "qk_scale": "fp32"},
+        constexprs={"HEAD_DIM": _DH, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                    "BANDED": window is not None, "INPUT_PRECISION": precision},
+        aligned=("q_ptr", "k_ptr", "v_ptr", "cos_ptr", "sin_ptr", "len_ptr", "o_ptr",
+                 *_STRIDES, "L"),
+        num_warps=num_warps,
+        num_stages=NUM_STAGES,
+        shape=f"q, k, v [{_B},{_H},{_L},{_DH}] {dtype}, {pattern}",
+        bytes=4 * _B * _H * _L * _DH * size + _L * _DH * 4 + 8 * _B,
+        flops=4 * _B * _H * _L * keys * _DH,
+        peak="fp32" if not tensor_cores else ("tf32" if dtype == "fp32" else "tensor16"),
+        expect_ldg128=True,
+        expect_mma=tensor_cores,
+    )
+
+
+AOT_SPECS = [_spec("fp16"), _spec("bf16"), _spec("fp16", window=16), _spec("fp32", "ieee"),
+             _spec("fp32", "tf32")]

@@ -1,0 +1,148 @@
+"""CLI round trips, resumable jobs, codes files and their validation."""
+
+import json
+import shutil
+
+import pytest
+import soundfile as sf
+import torch
+
+import flexicodec_fast as ff
+from flexicodec_fast.cli import main
+from flexicodec_fast.codes_file import SUFFIX, load_codes, save_codes
+from flexicodec_fast.fast import fast_encode
+
+
+@pytest.fixture(scope="module")
+def model_args(fixture_dir):
+    return ["--checkpoint", str(fixture_dir / "model.safetensors"), "--config", str(fixture_dir / "config.yaml")]
+
+
+@pytest.fixture(scope="module")
+def model(fixture_dir):
+    return ff.prepare_model(fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu")
+
+
+@pytest.fixture()
+def corpus(tmp_path, fixture_dir):
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(fixture_dir / "input_clipA.wav", root / "a.wav")
+    shutil.copy(fixture_dir / "input_clipC.wav", root / "sub" / "c.wav")
+    (root / "sub" / "broken.wav").write_bytes(b"RIFF not really")
+    return root
+
+
+def test_encode_folder_with_broken_file_then_decode(tmp_path, corpus, model_args, model, fixture_clips, capsys):
+    out = tmp_path / "codes"
+    status = main(["encode", str(corpus), "-o", str(out), "--num-quantizers", "4", "--quiet", *model_args])
+    assert status == 1  # the broken file is reported, the others are written
+    assert "broken.wav" in capsys.readouterr().err
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob(f"*{SUFFIX}"))
+    assert files == [f"a.wav{SUFFIX}", f"sub/c.wav{SUFFIX}"]
+    codes = load_codes(out / f"a.wav{SUFFIX}", model)
+    want = fast_encode(fixture_clips["clipA"][None], model, num_quantizers=4)
+    for key in ("semantic_codes", "acoustic_codes", "token_lengths", "total_frames"):
+        assert torch.equal(getattr(codes, key), want[key])
+    assert json.loads(codes.metadata["audio_lengths"]) == [48000]
+
+    wavs = tmp_path / "wav"
+    assert main(["decode", str(out), "-o", str(wavs), "--quiet", *model_args]) == 0
+    audio, sr = sf.read(str(wavs / "a.wav"), dtype="float32")
+    assert sr == 16000 and audio.shape == (1280 * int(want["token_lengths"].sum()) - 16,)
+    assert (wavs / "sub" / "c.wav").exists()
+
+
+def test_encode_resumes_and_skips_done_files(tmp_path, corpus, model_args, capsys):
+    out = tmp_path / "codes"
+    (corpus / "sub" / "broken.wav").unlink()
+    assert main(["encode", str(corpus), "-o", str(out), "--num-quantizers", "2", "--quiet", *model_args]) == 0
+    first = (out / f"a.wav{SUFFIX}").stat().st_mtime_ns
+    (out / "sub" / f"c.wav{SUFFIX}").unlink()  # as if the run had been interrupted before it
+    capsys.readouterr()
+    assert main(["encode", str(corpus), "-o", str(out), "--num-quantizers", "2", "--quiet", *model_args]) == 0
+    assert "1 written, 1 already done" in capsys.readouterr().out
+    assert (out / f"a.wav{SUFFIX}").stat().st_mtime_ns == first
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_info_prints_metadata(tmp_path, corpus, model_args, capsys):
+    out = tmp_path / "codes"
+    main(["encode", str(corpus / "a.wav"), "-o", str(out), "--num-quantizers", "3", "--quiet", *model_args])
+    capsys.readouterr()
+    assert main(["info", str(out / f"a.wav{SUFFIX}")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_quantizers"] == 3 and info["format"] == "flexicodec-fast-codes"
+    codes = load_codes(out / f"a.wav{SUFFIX}")
+    assert info["tokens"] == codes.total_frames.tolist() and info["sample_rate"] == 16000
+    assert info["frames_12p5hz"] == [int(codes.token_lengths.sum())]
+
+
+def test_target_frame_rate_option(tmp_path, corpus, model_args, capsys):
+    out = tmp_path / "codes"
+    assert main(["encode", str(corpus / "a.wav"), "-o", str(out), "--target-frame-rate", "6",
+                 "--num-quantizers", "2", "--quiet", *model_args]) == 0
+    codes = load_codes(out / f"a.wav{SUFFIX}")
+    rate = float(codes.total_frames[0]) / float(codes.token_lengths.sum()) * 12.5
+    assert rate <= 6.0
+
+
+@pytest.fixture()
+def codes_file(tmp_path, corpus, model_args):
+    out = tmp_path / "codes"
+    main(["encode", str(corpus / "a.wav"), "-o", str(out), "--num-quantizers", "4", "--quiet", *model_args])
+    return out / f"a.wav{SUFFIX}"
+
+
+def _tamper(path, model, **changes):
+    codes = load_codes(path, model)
+    for key, value in changes.items():
+        if key == "metadata":
+            codes.metadata.update(value)
+        else:
+            setattr(codes, key, value(getattr(codes, key)))
+    save_codes(path, codes)
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(semantic_codes=lambda t: t + 40000), "semantic codes outside"),
+    (dict(acoustic_codes=lambda t: t + 64), "acoustic codes outside"),
+    (dict(acoustic_codes=lambda t: torch.cat([t, t], dim=1)), "acoustic codebooks"),
+    (dict(token_lengths=lambda t: t[:, :-1]), "token_lengths must be"),
+    (dict(total_frames=lambda t: t + 1), "does not match"),
+    (dict(metadata={"model_fingerprint": "0123456789abcdef"}), "made by model"),
+    (dict(metadata={"format_version": "99"}), "format_version"),
+])
+def test_tampered_codes_files_are_rejected(codes_file, model, changes, match):
+    _tamper(codes_file, model, **changes)
+    with pytest.raises(ff.CodesFileError, match=match):
+        load_codes(codes_file, model)
+
+
+def test_other_model_override(codes_file, model):
+    _tamper(codes_file, model, metadata={"model_fingerprint": "0123456789abcdef"})
+    assert load_codes(codes_file, model, allow_other_model=True).total_frames.numel() == 1
+
+
+def test_corrupt_and_missing_codes_files(tmp_path, model):
+    bad = tmp_path / f"x{SUFFIX}"
+    bad.write_bytes(b"\x00" * 20)
+    with pytest.raises(ff.CodesFileError, match="not a readable"):
+        load_codes(bad, model)
+    with pytest.raises(ff.CodesFileError, match="no such file"):
+        load_codes(tmp_path / "none.codes.safetensors", model)
+
+
+def test_decode_reports_tampered_file_and_goes_on(tmp_path, codes_file, model, model_args, capsys):
+    _tamper(codes_file, model, acoustic_codes=lambda t: t + 64)
+    status = main(["decode", str(codes_file.parent), "-o", str(tmp_path / "wav"), "--quiet", *model_args])
+    assert status == 1
+    assert "acoustic codes outside" in capsys.readouterr().err
+
+
+def test_demo_runs_and_says_the_model_is_random(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOMLY INITIALISED" in out and "average frame rate" in out
+    audio, sr = sf.read(str(tmp_path / "decoded.wav"))
+    assert sr == 16000 and audio.ndim == 1 and audio.size > 0

@@ -1,0 +1,120 @@
+"""The public fast API beyond parity: options, resampling, channels, target frame rate,
+plan caching, and bad input."""
+
+import math
+
+import pytest
+import torch
+
+import flexicodec_fast as ff
+from flexicodec_fast.fast import FastCodec, fast_decode, fast_encode
+from flexicodec_fast.reference.merging import segment
+from flexicodec_fast.resampling import resample, resampled_length
+from flexicodec_fast.tiny import random_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_tiny_model(seed=4)
+
+
+def _audio(n=12000, seed=0):
+    return torch.randn(1, n, generator=torch.Generator().manual_seed(seed)) * 0.2
+
+
+def test_accepts_the_official_model_dict(tiny):
+    a = fast_encode(_audio(), tiny, num_quantizers=2)
+    b = fast_encode(_audio(), {"model": tiny, "feature_extractor": None, "type": "sensevoice"}, num_quantizers=2)
+    assert torch.equal(a["acoustic_codes"], b["acoustic_codes"])
+
+
+def test_resampling_matches_a_direct_windowed_sinc(tiny):
+    sr = 22050
+    x = torch.randn(3000, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float()
+    y = resample(x, sr, 16000)
+    assert y.shape == (resampled_length(3000, sr),) == (math.ceil(3000 * 16000 / sr),)
+    # Direct evaluation of the same filter: sum_n x[n] h(t - n / sr), Hann-windowed sinc.
+    base, width = 16000 * 0.99, 6
+    for j in (0, 17, 1000, y.numel() - 1):
+        t = j / 16000
+        n = torch.arange(3000, dtype=torch.float64)
+        u = ((t - n / sr) * base).clamp(-width, width)
+        h = torch.where(u == 0, torch.ones_like(u), torch.sin(math.pi * u) / (math.pi * u))
+        h = h * torch.cos(u * math.pi / width / 2) ** 2 * base / sr
+        assert abs(float((x.double() * h).sum()) - float(y[j])) < 1e-5
+
+
+def test_other_sample_rates_and_channels(tiny):
+    audio = _audio(24000)
+    stereo = torch.stack([audio, audio], dim=1)
+    with pytest.raises(ff.InputError, match="mix_down"):
+        fast_encode(stereo, tiny, sample_rate=24000, num_quantizers=2)
+    mixed = fast_encode(stereo, tiny, sample_rate=24000, num_quantizers=2, mix_down=True)
+    mono = fast_encode(resample(audio, 24000, 16000), tiny, num_quantizers=2)
+    assert torch.equal(mixed["acoustic_codes"], mono["acoustic_codes"])
+
+
+def test_target_frame_rate_picks_the_largest_rate_not_above_target(tiny):
+    audio = torch.cat([_audio(20000, 1), _audio(20000, 2) * 0.01], dim=0)
+    enc = fast_encode(audio, tiny, num_quantizers=2, target_frame_rate=7.0)
+    frames = enc["token_lengths"].sum(dim=1)
+    rates = enc["total_frames"] / frames * 12.5
+    assert bool((rates <= 7.0).all())
+    sem = enc["semantic_features"].transpose(1, 2)
+    for b in range(2):
+        t = int(frames[b])
+        sims = sorted(set(enc["similarity"][b, : t - 1].tolist()))
+        # every larger candidate threshold would exceed the target
+        chosen = float(enc["thresholds"][b])
+        above = [s for s in sims if s > chosen]
+        if above:
+            seg = segment(sem[b : b + 1, :t], above[0], 8)
+            assert int(seg.num_groups[0]) / t * 12.5 > 7.0
+        seg = segment(sem[b : b + 1, :t], chosen, 8)
+        assert torch.equal(seg.token_lengths[0], enc["token_lengths"][b, : seg.max_groups])
+
+
+def test_plan_is_rebuilt_when_weights_change():
+    model = random_tiny_model(seed=5)
+    audio = _audio()
+    first = FastCodec.for_model(model)
+    assert FastCodec.for_model(model) is first
+    before = fast_decode(model, *(fast_encode(audio, model, num_quantizers=2)[k]
+                                  for k in ("semantic_codes", "acoustic_codes", "token_lengths")))
+    with torch.no_grad():
+        model.dac.decoder.model[0].weight_g.mul_(2)
+    assert FastCodec.for_model(model) is not first
+    enc = fast_encode(audio, model, num_quantizers=2)
+    after = fast_decode(model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
+    with torch.inference_mode():
+        want = model.decode(enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
+    torch.testing.assert_close(after, want, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(before, after)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(audio=torch.zeros(1, 1000)), "1360"),
+    (dict(audio=torch.full((1, 4000), float("nan"))), "NaN"),
+    (dict(audio=torch.zeros(4000)), "audio"),
+    (dict(audio=torch.zeros(1, 4000, dtype=torch.int32)), "audio"),
+    (dict(audio=torch.zeros(1, 4000), sample_rate=0), "sample_rate"),
+    (dict(audio=torch.zeros(1, 4000), num_quantizers=9), "num_quantizers"),
+    (dict(audio=torch.zeros(1, 4000), backend="cuda"), "backend"),
+    (dict(audio=torch.zeros(1, 4000), precision="fp8"), "precision"),
+    (dict(audio=torch.zeros(1, 4000), target_frame_rate=20.0), "target_frame_rate"),
+    (dict(audio=torch.zeros(1, 4000), audio_lens=torch.tensor([9000])), "audio_lens"),
+])
+def test_bad_input(tiny, kwargs, match):
+    kwargs = {"num_quantizers": 2, **kwargs}
+    with pytest.raises(ff.InputError, match=match):
+        fast_encode(model=tiny, **kwargs)
+
+
+def test_bad_model_and_codes(tiny):
+    with pytest.raises(ff.InputError, match="model"):
+        fast_encode(_audio(), object())
+    enc = fast_encode(_audio(), tiny, num_quantizers=2)
+    with pytest.raises(ff.InputError, match="acoustic_codes"):
+        fast_decode(tiny, enc["semantic_codes"], enc["acoustic_codes"] + 64, enc["token_lengths"])
+    with pytest.raises(ff.InputError, match="token_lengths"):
+        fast_decode(tiny, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"][:, :-1])
