@@ -20,7 +20,9 @@ def _load_model(args, allow_random: bool = False):
     from .tiny import random_tiny_model
 
     if args.checkpoint or args.config:
-        return prepare_model(args.checkpoint, args.config, args.sensevoice, args.device), "checkpoint"
+        return prepare_model(
+            args.checkpoint, args.config, args.sensevoice, args.device
+        ), "checkpoint"
     try:
         return prepare_model(device=args.device), "built-in default model"
     except CheckpointError:
@@ -65,8 +67,10 @@ def cmd_demo(args) -> int:
 
 
 def _print_report(report, what: str) -> int:
-    print(f"{what}: {len(report.done)} written, {len(report.skipped)} already done (skipped), "
-          f"{len(report.failed)} failed")
+    print(
+        f"{what}: {len(report.done)} written, {len(report.skipped)} already done (skipped), "
+        f"{len(report.failed)} failed"
+    )
     for path, reason in report.failed:
         print(f"  failed: {path}: {reason}", file=sys.stderr)
     return 1 if report.failed else 0
@@ -77,9 +81,16 @@ def cmd_encode(args) -> int:
 
     model, _ = _load_model(args)
     report = encode_files(
-        model, args.paths, args.out, batch_size=args.batch_size, num_quantizers=args.num_quantizers,
-        threshold=args.threshold, target_frame_rate=args.target_frame_rate,
-        precision=args.precision, mix_down=args.mix_down, progress=not args.quiet,
+        model,
+        args.paths,
+        args.out,
+        batch_size=args.batch_size,
+        num_quantizers=args.num_quantizers,
+        threshold=args.threshold,
+        target_frame_rate=args.target_frame_rate,
+        precision=args.precision,
+        mix_down=args.mix_down,
+        progress=not args.quiet,
     )
     return _print_report(report, "encode")
 
@@ -88,8 +99,14 @@ def cmd_decode(args) -> int:
     from .jobs import decode_files
 
     model, _ = _load_model(args)
-    report = decode_files(model, args.paths, args.out, precision=args.precision,
-                          allow_other_model=args.allow_other_model, progress=not args.quiet)
+    report = decode_files(
+        model,
+        args.paths,
+        args.out,
+        precision=args.precision,
+        allow_other_model=args.allow_other_model,
+        progress=not args.quiet,
+    )
     return _print_report(report, "decode")
 
 
@@ -110,8 +127,10 @@ def cmd_info(args) -> int:
             "items": int(codes.total_frames.numel()),
             "tokens": codes.total_frames.tolist(),
             "frames_12p5hz": frames.tolist(),
-            "average_frame_rate_hz": [round(float(t) / float(f) * 12.5, 3)
-                                      for t, f in zip(codes.total_frames, frames)],
+            "average_frame_rate_hz": [
+                round(float(t) / float(f) * 12.5, 3)
+                for t, f in zip(codes.total_frames, frames, strict=True)
+            ],
             **{k: (json.loads(v) if k in JSON_METADATA else v) for k, v in codes.metadata.items()},
             "num_quantizers": codes.num_quantizers,
         }
@@ -147,7 +166,9 @@ def main(argv=None) -> int:
     rate = enc.add_mutually_exclusive_group()
     rate.add_argument("--threshold", type=float, default=0.91)
     rate.add_argument("--target-frame-rate", type=float, help="Hz; per-item threshold search")
-    enc.add_argument("--mix-down", action="store_true", help="average the channels of multi-channel files")
+    enc.add_argument(
+        "--mix-down", action="store_true", help="average the channels of multi-channel files"
+    )
     enc.add_argument("--quiet", action="store_true")
     _model_options(enc)
     enc.set_defaults(func=cmd_encode)
@@ -155,8 +176,11 @@ def main(argv=None) -> int:
     dec = sub.add_parser("decode", help="decode codes files (or folders of them) to 16 kHz wav")
     dec.add_argument("paths", nargs="+", type=Path)
     dec.add_argument("-o", "--out", type=Path, required=True)
-    dec.add_argument("--allow-other-model", action="store_true",
-                     help="decode files made by another model (fingerprint mismatch)")
+    dec.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="decode files made by another model (fingerprint mismatch)",
+    )
     dec.add_argument("--quiet", action="store_true")
     _model_options(dec)
     dec.set_defaults(func=cmd_decode)

@@ -72,12 +72,23 @@ class Codes:
         for key in ("thresholds", "audio_lengths", "sources"):
             if key in meta:
                 meta[key] = json.dumps(json.loads(meta[key])[i : i + 1])
-        return Codes(self.semantic_codes[i : i + 1, :, :g].clone(), None if ac is None else ac.clone(),
-                     self.token_lengths[i : i + 1, :g].clone(), self.total_frames[i : i + 1].clone(), meta)
+        return Codes(
+            self.semantic_codes[i : i + 1, :, :g].clone(),
+            None if ac is None else ac.clone(),
+            self.token_lengths[i : i + 1, :g].clone(),
+            self.total_frames[i : i + 1].clone(),
+            meta,
+        )
 
 
-def make_metadata(model, *, num_quantizers: int, thresholds: list[float], audio_lengths: list[int],
-                  sources: list[str]) -> dict:
+def make_metadata(
+    model,
+    *,
+    num_quantizers: int,
+    thresholds: list[float],
+    audio_lengths: list[int],
+    sources: list[str],
+) -> dict:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -137,28 +148,46 @@ def load_codes(path: str | Path, model=None, *, allow_other_model: bool = False)
     if metadata.get("format") != FORMAT:
         _fail(path, f"expected format {FORMAT!r}, got {metadata.get('format')!r}")
     if metadata.get("format_version") != FORMAT_VERSION:
-        _fail(path, f"expected format_version {FORMAT_VERSION}, got {metadata.get('format_version')!r}")
+        _fail(
+            path,
+            f"expected format_version {FORMAT_VERSION}, got {metadata.get('format_version')!r}",
+        )
     for key in ("semantic_codes", "token_lengths", "total_frames"):
         if key not in tensors:
             _fail(path, f"missing tensor {key!r}")
-    sem, lengths, total = tensors["semantic_codes"], tensors["token_lengths"], tensors["total_frames"]
+    sem, lengths, total = (
+        tensors["semantic_codes"],
+        tensors["token_lengths"],
+        tensors["total_frames"],
+    )
     ac = tensors.get("acoustic_codes")
-    for name, t in (("semantic_codes", sem), ("token_lengths", lengths), ("total_frames", total), ("acoustic_codes", ac)):
+    for name, t in (
+        ("semantic_codes", sem),
+        ("token_lengths", lengths),
+        ("total_frames", total),
+        ("acoustic_codes", ac),
+    ):
         if t is not None and (t.is_floating_point() or t.dtype == torch.bool):
             _fail(path, f"{name} must be integer, got {t.dtype}")
     if sem.dim() != 3 or sem.shape[1] != 1:
         _fail(path, f"semantic_codes must be [B, 1, G], got {list(sem.shape)}")
     batch, _, groups = sem.shape
     if lengths.shape != (batch, groups) or total.shape != (batch,):
-        _fail(path, f"token_lengths must be [{batch}, {groups}] and total_frames [{batch}], got "
-                    f"{list(lengths.shape)} and {list(total.shape)}")
+        _fail(
+            path,
+            f"token_lengths must be [{batch}, {groups}] and total_frames [{batch}], got "
+            f"{list(lengths.shape)} and {list(total.shape)}",
+        )
     if ac is not None and (ac.dim() != 3 or ac.shape[0] != batch or ac.shape[2] != groups):
         _fail(path, f"acoustic_codes must be [{batch}, K, {groups}], got {list(ac.shape)}")
     if lengths.numel() and int(lengths.min()) < 0:
         _fail(path, "token_lengths has negative entries")
     nonzero = (lengths > 0).sum(dim=1)
     if not torch.equal(nonzero, total.to(nonzero.dtype)) or bool((total < 1).any()):
-        _fail(path, f"total_frames {total.tolist()} does not match the non-empty groups {nonzero.tolist()}")
+        _fail(
+            path,
+            f"total_frames {total.tolist()} does not match the non-empty groups {nonzero.tolist()}",
+        )
     codes = Codes(sem, ac, lengths, total, metadata)
     if model is not None:
         check_against_model(path, codes, model, allow_other_model)
@@ -169,12 +198,20 @@ def check_against_model(path, codes: Codes, model, allow_other_model: bool = Fal
     made_by = codes.metadata.get("model_fingerprint")
     ours = model_fingerprint(model)
     if made_by != ours and not allow_other_model:
-        _fail(path, f"made by model {made_by}, but the loaded model is {ours}; decode with the "
-                    "model that made it, or override (allow_other_model / --allow-other-model)")
+        _fail(
+            path,
+            f"made by model {made_by}, but the loaded model is {ours}; decode with the "
+            "model that made it, or override (allow_other_model / --allow-other-model)",
+        )
     size = model.semantic_vq.fsq.codebook_size
-    if codes.semantic_codes.numel() and not (0 <= int(codes.semantic_codes.min()) and int(codes.semantic_codes.max()) < size):
-        _fail(path, f"semantic codes outside [0, {size}): [{int(codes.semantic_codes.min())}, "
-                    f"{int(codes.semantic_codes.max())}]")
+    if codes.semantic_codes.numel() and not (
+        0 <= int(codes.semantic_codes.min()) and int(codes.semantic_codes.max()) < size
+    ):
+        _fail(
+            path,
+            f"semantic codes outside [0, {size}): [{int(codes.semantic_codes.min())}, "
+            f"{int(codes.semantic_codes.max())}]",
+        )
     ac = codes.acoustic_codes
     if ac is not None:
         n, size = model.config.n_codebooks, model.config.codebook_size

@@ -35,12 +35,20 @@ class Conv:
     @classmethod
     def fold(cls, module) -> Conv:
         if not isinstance(module, (WNConv1d, WNConvTranspose1d)):
-            raise TypeError(f"expected a weight-normalised convolution, got {type(module).__name__}")
+            raise TypeError(
+                f"expected a weight-normalised convolution, got {type(module).__name__}"
+            )
         with torch.no_grad():
             weight = module.weight().detach().clone()
         bias = None if module.bias is None else module.bias.detach()
-        return cls(weight, bias, module.stride[0], module.padding[0], module.dilation[0],
-                   isinstance(module, WNConvTranspose1d))
+        return cls(
+            weight,
+            bias,
+            module.stride[0],
+            module.padding[0],
+            module.dilation[0],
+            isinstance(module, WNConvTranspose1d),
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.transposed:
@@ -90,8 +98,14 @@ class FastEncoder:
         for block in blocks:
             assert isinstance(block, EncoderBlock)
             *units, block_snake, down = block.block
-            self.blocks.append(([FastResidualUnit(u) for u in units], _alpha(block_snake),
-                                Conv.fold(down), block.stride))
+            self.blocks.append(
+                (
+                    [FastResidualUnit(u) for u in units],
+                    _alpha(block_snake),
+                    Conv.fold(down),
+                    block.stride,
+                )
+            )
         self.last_alpha = _alpha(last_snake)
         self.last = Conv.fold(last_conv)
 
@@ -118,8 +132,9 @@ class FastDecoder:
         for block in blocks:
             assert isinstance(block, DecoderBlock)
             block_snake, up, *units = block.block
-            self.blocks.append((_alpha(block_snake), Conv.fold(up),
-                                [FastResidualUnit(u) for u in units], block))
+            self.blocks.append(
+                (_alpha(block_snake), Conv.fold(up), [FastResidualUnit(u) for u in units], block)
+            )
         self.last_alpha = _alpha(last_snake)
         self.last = Conv.fold(last_conv)
 

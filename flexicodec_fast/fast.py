@@ -91,13 +91,18 @@ class FastCodec:
         self.aggregators = None
         if cfg.use_query_token_aggregator:
             self.aggregators = (
-                (FastTransformer(model.semantic_aggregator.transformer, backend),
-                 model.semantic_aggregator.query_embedding[0, :, 0]),
-                (FastTransformer(model.acoustic_aggregator.transformer, backend),
-                 model.acoustic_aggregator.query_embedding[0, :, 0]),
+                (
+                    FastTransformer(model.semantic_aggregator.transformer, backend),
+                    model.semantic_aggregator.query_embedding[0, :, 0],
+                ),
+                (
+                    FastTransformer(model.acoustic_aggregator.transformer, backend),
+                    model.acoustic_aggregator.query_embedding[0, :, 0],
+                ),
             )
         self.bottleneck = (
-            None if model.bottleneck_transformer is None
+            None
+            if model.bottleneck_transformer is None
             else FastTransformer(model.bottleneck_transformer, backend)
         )
 
@@ -121,8 +126,13 @@ class FastCodec:
             return means[:, :groups]
         transformer, embedding = self.aggregators[which]
         sequence = kinterleave.interleave(
-            frames, means[:, :groups], embedding, merged.group_ids, merged.lengths,
-            merged.num_groups, backend=self.backend,
+            frames,
+            means[:, :groups],
+            embedding,
+            merged.group_ids,
+            merged.lengths,
+            merged.num_groups,
+            backend=self.backend,
         )
         out = transformer(sequence, merged.lengths + merged.num_groups)
         return kinterleave.retrieve(out, merged.group_ids, merged.num_groups, backend=self.backend)
@@ -133,17 +143,29 @@ class FastCodec:
         fsq = model.semantic_vq.fsq
         hidden = model._convnext(model.convnext_encoder, tokens.transpose(1, 2), num_groups)
         quantized, codes = kfsq.fsq(
-            hidden.transpose(1, 2).contiguous(), fsq.project_in.weight, fsq.project_in.bias,
-            fsq.project_out.weight, fsq.project_out.bias, self.levels, backend=self.backend,
+            hidden.transpose(1, 2).contiguous(),
+            fsq.project_in.weight,
+            fsq.project_in.bias,
+            fsq.project_out.weight,
+            fsq.project_out.bias,
+            self.levels,
+            backend=self.backend,
         )
         decoded = model._convnext(model.convnext_decoder, quantized.transpose(1, 2), num_groups)
         return _mask_after(codes.unsqueeze(1), num_groups), decoded
 
     def decode_semantic(self, codes: torch.Tensor, num_groups: torch.Tensor) -> torch.Tensor:
         fsq = self.model.semantic_vq.fsq
-        quantized = kfsq.fsq_decode(codes[:, 0], fsq.project_out.weight, fsq.project_out.bias,
-                                    self.levels, backend=self.backend)
-        return self.model._convnext(self.model.convnext_decoder, quantized.transpose(1, 2), num_groups)
+        quantized = kfsq.fsq_decode(
+            codes[:, 0],
+            fsq.project_out.weight,
+            fsq.project_out.bias,
+            self.levels,
+            backend=self.backend,
+        )
+        return self.model._convnext(
+            self.model.convnext_decoder, quantized.transpose(1, 2), num_groups
+        )
 
 
 def _check_options(backend: str, precision: str):
@@ -156,7 +178,10 @@ def _check_options(backend: str, precision: str):
 def prepare_audio(audio, audio_lens, sample_rate: int, mix_down: bool, device):
     """Validate and bring audio to 16 kHz mono `[B, N]` float32 on `device`, with lengths."""
     if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
-        raise InputError(f"audio: expected a float tensor [B, N] (or [B, C, N] with mix_down), got {describe(audio)}")
+        raise InputError(
+            f"audio: expected a float tensor [B, N] (or [B, C, N] with mix_down), "
+            f"got {describe(audio)}"
+        )
     if audio.dim() == 3:
         if audio.shape[1] != 1 and not mix_down:
             raise InputError(
@@ -174,9 +199,13 @@ def prepare_audio(audio, audio_lens, sample_rate: int, mix_down: bool, device):
     if sample_rate != 16000:
         if audio_lens is not None:
             if not isinstance(audio_lens, torch.Tensor) or audio_lens.dtype.is_floating_point:
-                raise InputError(f"audio_lens: expected an integer tensor [B], got {describe(audio_lens)}")
-            audio_lens = torch.tensor([resampled_length(int(n), sample_rate) for n in audio_lens.tolist()],
-                                      dtype=torch.long)
+                raise InputError(
+                    f"audio_lens: expected an integer tensor [B], got {describe(audio_lens)}"
+                )
+            audio_lens = torch.tensor(
+                [resampled_length(int(n), sample_rate) for n in audio_lens.tolist()],
+                dtype=torch.long,
+            )
         audio = resample(audio, sample_rate, 16000)
     return audio, audio_lens
 
@@ -247,12 +276,23 @@ def fast_encode(
     if target_frame_rate is not None and not (
         isinstance(target_frame_rate, (int, float)) and 0 < target_frame_rate <= 12.5
     ):
-        raise InputError(f"target_frame_rate: expected a number in (0, 12.5] Hz, got {describe(target_frame_rate)}")
+        raise InputError(
+            f"target_frame_rate: expected a number in (0, 12.5] Hz, "
+            f"got {describe(target_frame_rate)}"
+        )
     fast = FastCodec.for_model(model, backend)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), autocast:
-        return _encode(model, fast, audio, audio_lens, num_quantizers, merging_threshold,
-                       target_frame_rate, dither)
+        return _encode(
+            model,
+            fast,
+            audio,
+            audio_lens,
+            num_quantizers,
+            merging_threshold,
+            target_frame_rate,
+            dither,
+        )
 
 
 def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_frame_rate, dither):
@@ -260,8 +300,9 @@ def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_fr
     batch = audio.shape[0]
     features, feature_lens = model.frontend(audio, audio_lens, dither)
     hidden = fast.sensevoice(features, feature_lens).float()
-    sem, sem_lens = downsample_semantic(hidden.transpose(1, 2).contiguous(), feature_lens,
-                                        cfg.semantic_downsample_factor)
+    sem, sem_lens = downsample_semantic(
+        hidden.transpose(1, 2).contiguous(), feature_lens, cfg.semantic_downsample_factor
+    )
     if audio_lens is None:
         audio_lens = torch.full((batch,), audio.shape[1], dtype=torch.long)
     audio_lens = audio_lens.to(device=audio.device, dtype=torch.long)
@@ -281,10 +322,16 @@ def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_fr
 
     thresholds = None
     if target_frame_rate is not None:
-        seg = kmerge.segment(sem_t, frames, threshold=1.0, max_tokens_per_group=cfg.max_tokens_per_group,
-                             backend=fast.backend)
-        thresholds, _ = _frame_rate_thresholds(seg.similarity, frames, cfg.max_tokens_per_group,
-                                               float(target_frame_rate))
+        seg = kmerge.segment(
+            sem_t,
+            frames,
+            threshold=1.0,
+            max_tokens_per_group=cfg.max_tokens_per_group,
+            backend=fast.backend,
+        )
+        thresholds, _ = _frame_rate_thresholds(
+            seg.similarity, frames, cfg.max_tokens_per_group, float(target_frame_rate)
+        )
         threshold = thresholds.to(sem.device, torch.float32).view(-1, 1)
     merged = _merge(fast, sem_t, ac_t, frames, threshold, cfg.max_tokens_per_group)
     groups = int(merged.num_groups.max())
@@ -298,8 +345,16 @@ def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_fr
         residual = (ac_tokens.float() - sem_decoded.transpose(1, 2)).contiguous()
         r = fast.rvq
         acoustic_codes, quantized = krvq.rvq_encode(
-            residual, r.in_w, r.in_b, r.cb, r.cb_norm, r.out_w, r.out_b, num_quantizers - 1,
-            merged.num_groups, backend=fast.backend,
+            residual,
+            r.in_w,
+            r.in_b,
+            r.cb,
+            r.cb_norm,
+            r.out_w,
+            r.out_b,
+            num_quantizers - 1,
+            merged.num_groups,
+            backend=fast.backend,
         )
         latent = quantized.transpose(1, 2) + sem_decoded
     out = {
@@ -338,12 +393,25 @@ def _merge(fast, sem_t, ac_t, frames, threshold, max_tokens) -> _MergeResult:
         seg = segment(sem_t, threshold, max_tokens, frames)
         groups = seg.max_groups
         means = tuple(group_means(x, seg.group_ids, groups) for x in (sem_t, ac_t))
-        return _MergeResult(seg.group_ids, seg.token_lengths, seg.num_groups, seg.similarity,
-                            frames, means)
-    merged = kmerge.merge(sem_t, frames, threshold=float(threshold), max_tokens_per_group=max_tokens,
-                          streams=(sem_t, ac_t), backend=fast.backend)
-    return _MergeResult(merged.group_ids, merged.token_lengths, merged.num_groups,
-                        merged.similarity, frames, merged.means)
+        return _MergeResult(
+            seg.group_ids, seg.token_lengths, seg.num_groups, seg.similarity, frames, means
+        )
+    merged = kmerge.merge(
+        sem_t,
+        frames,
+        threshold=float(threshold),
+        max_tokens_per_group=max_tokens,
+        streams=(sem_t, ac_t),
+        backend=fast.backend,
+    )
+    return _MergeResult(
+        merged.group_ids,
+        merged.token_lengths,
+        merged.num_groups,
+        merged.similarity,
+        frames,
+        merged.means,
+    )
 
 
 def fast_decode(
@@ -375,7 +443,9 @@ def fast_decode(
             r = fast.rvq
             ac = krvq.rvq_decode(acoustic_codes, r.cb, r.out_w, r.out_b, backend=fast.backend)
         frames = token_lengths.sum(dim=1)
-        z = kunmerge.unmerge(sem.contiguous(), ac, token_lengths, int(frames.max()), backend=fast.backend)
+        z = kunmerge.unmerge(
+            sem.contiguous(), ac, token_lengths, int(frames.max()), backend=fast.backend
+        )
         if fast.bottleneck is not None:
             z = fast.bottleneck(z, frames)
         return fast.decoder(z.transpose(1, 2).float(), frames)

@@ -29,8 +29,11 @@ class FastTransformer:
         self.module = module
         self.backend = backend
         pattern = module.pattern
-        self.attention_args = dict(window=pattern.window, causal=pattern.causal,
-                                   context=pattern.context if pattern.causal else None)
+        self.attention_args = dict(
+            window=pattern.window,
+            causal=pattern.causal,
+            context=pattern.context if pattern.causal else None,
+        )
 
     def __call__(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """x `[B, L, C_io]`; lengths `[B]` int64 (None: all L). Rows past a length are 0."""
@@ -42,8 +45,9 @@ class FastTransformer:
         for layer in module.transformer.layers:
             attn = layer.self_attn
             h = layer.norm1(x)
-            q, k, v = rearrange(F.linear(h, attn.in_proj_weight), "b l (p h d) -> p b h l d",
-                                p=3, h=attn.num_heads)
+            q, k, v = rearrange(
+                F.linear(h, attn.in_proj_weight), "b l (p h d) -> p b h l d", p=3, h=attn.num_heads
+            )
             a = attention(q, k, v, lengths, backend=self.backend, **self.attention_args)
             update = F.linear(a, attn.out_proj.weight).mul_(layer.layer_scale_1.scale)
             x = x + update

@@ -36,8 +36,11 @@ def collect(paths: list[Path], suffixes: tuple[str, ...]) -> list[tuple[Path, Pa
     for root in paths:
         root = Path(root)
         if root.is_dir():
-            found += [(p, p.relative_to(root)) for p in sorted(root.rglob("*"))
-                      if p.is_file() and p.name.lower().endswith(suffixes)]
+            found += [
+                (p, p.relative_to(root))
+                for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name.lower().endswith(suffixes)
+            ]
         else:
             found.append((root, Path(root.name)))
     return found
@@ -56,10 +59,19 @@ def read_audio(path: Path, mix_down: bool) -> torch.Tensor:
     return audio
 
 
-def encode_files(model, inputs: list[Path], out_dir: Path, *, batch_size: int = 8,
-                 num_quantizers: int = 8, threshold: float = 0.91,
-                 target_frame_rate: float | None = None, precision: str = "fp32",
-                 mix_down: bool = False, progress: bool = True) -> JobReport:
+def encode_files(
+    model,
+    inputs: list[Path],
+    out_dir: Path,
+    *,
+    batch_size: int = 8,
+    num_quantizers: int = 8,
+    threshold: float = 0.91,
+    target_frame_rate: float | None = None,
+    precision: str = "fp32",
+    mix_down: bool = False,
+    progress: bool = True,
+) -> JobReport:
     report = JobReport()
     todo = []
     for path, rel in collect(inputs, AUDIO_SUFFIXES):
@@ -82,14 +94,30 @@ def encode_files(model, inputs: list[Path], out_dir: Path, *, batch_size: int = 
             continue
         lens = torch.tensor([a.numel() for a in audios])
         padded = torch.nn.utils.rnn.pad_sequence(audios, batch_first=True)
-        enc = fast_encode(padded, model, num_quantizers=num_quantizers, merging_threshold=threshold,
-                          audio_lens=lens, precision=precision, target_frame_rate=target_frame_rate)
+        enc = fast_encode(
+            padded,
+            model,
+            num_quantizers=num_quantizers,
+            merging_threshold=threshold,
+            audio_lens=lens,
+            precision=precision,
+            target_frame_rate=target_frame_rate,
+        )
         thresholds = enc.get("thresholds", torch.full((len(batch),), threshold)).tolist()
-        codes = Codes(enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"],
-                      enc["total_frames"],
-                      make_metadata(model, num_quantizers=num_quantizers, thresholds=thresholds,
-                                    audio_lengths=lens.tolist(), sources=[str(p) for p, _ in batch]))
-        for i, (path, target) in enumerate(batch):
+        codes = Codes(
+            enc["semantic_codes"],
+            enc["acoustic_codes"],
+            enc["token_lengths"],
+            enc["total_frames"],
+            make_metadata(
+                model,
+                num_quantizers=num_quantizers,
+                thresholds=thresholds,
+                audio_lengths=lens.tolist(),
+                sources=[str(p) for p, _ in batch],
+            ),
+        )
+        for i, (_, target) in enumerate(batch):
             save_codes(target, codes.item(i))
             report.done.append(target)
             bar.update(1)
@@ -97,8 +125,15 @@ def encode_files(model, inputs: list[Path], out_dir: Path, *, batch_size: int = 
     return report
 
 
-def decode_files(model, inputs: list[Path], out_dir: Path, *, precision: str = "fp32",
-                 allow_other_model: bool = False, progress: bool = True) -> JobReport:
+def decode_files(
+    model,
+    inputs: list[Path],
+    out_dir: Path,
+    *,
+    precision: str = "fp32",
+    allow_other_model: bool = False,
+    progress: bool = True,
+) -> JobReport:
     report = JobReport()
     files = collect(inputs, (SUFFIX,))
     bar = tqdm(files, unit="file", disable=not progress, desc="decode")
@@ -111,12 +146,19 @@ def decode_files(model, inputs: list[Path], out_dir: Path, *, precision: str = "
             continue
         try:
             codes = load_codes(path, model, allow_other_model=allow_other_model)
-            audio = fast_decode(model, codes.semantic_codes, codes.acoustic_codes, codes.token_lengths,
-                                precision=precision)
+            audio = fast_decode(
+                model,
+                codes.semantic_codes,
+                codes.acoustic_codes,
+                codes.token_lengths,
+                precision=precision,
+            )
         except FlexiCodecError as e:
             report.failed.append((path, str(e)))
             continue
         samples = audio[0, 0].cpu().numpy()
-        atomic_write(target, lambda tmp, s=samples: sf.write(tmp, s, 16000, format="WAV", subtype="FLOAT"))
+        atomic_write(
+            target, lambda tmp, s=samples: sf.write(tmp, s, 16000, format="WAV", subtype="FLOAT")
+        )
         report.done.append(target)
     return report

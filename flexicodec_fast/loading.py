@@ -23,7 +23,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise InputError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+        raise InputError(
+            f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from e
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device: {device!r} was asked for, but CUDA is not available here")
     return resolved

@@ -23,8 +23,20 @@ from .kernels.aot import (
     spec_request,
 )
 
-COLUMNS = ("kernel", "arch", "registers", "shared_bytes", "spill_bytes", "ldg128", "mma",
-           "bytes", "flops", "peak", "predicted_us", "shape")
+COLUMNS = (
+    "kernel",
+    "arch",
+    "registers",
+    "shared_bytes",
+    "spill_bytes",
+    "ldg128",
+    "mma",
+    "bytes",
+    "flops",
+    "peak",
+    "predicted_us",
+    "shape",
+)
 
 
 def static_report(archs=(80, 90), modules=KERNEL_MODULES) -> list[dict]:
@@ -35,24 +47,26 @@ def static_report(archs=(80, 90), modules=KERNEL_MODULES) -> list[dict]:
     infos = compile_many([spec_request(spec, arch) for _, spec, arch in requests])
     rows = []
     for (module, spec, arch), info in zip(requests, infos, strict=True):
-        rows.append({
-            "kernel": spec.name,
-            "module": module,
-            "function": info.kernel,
-            "arch": arch,
-            "registers": info.registers,
-            "shared_bytes": info.shared_bytes,
-            "spill_bytes": info.spill_bytes,
-            "local_bytes": info.local_bytes,
-            "stack_bytes": info.stack_bytes,
-            "ldg128": info.ldg128,
-            "mma": info.mma or "",
-            "bytes": spec.bytes,
-            "flops": spec.flops,
-            "peak": spec.peak,
-            "predicted_us": spec.predicted_us,
-            "shape": spec.shape,
-        })
+        rows.append(
+            {
+                "kernel": spec.name,
+                "module": module,
+                "function": info.kernel,
+                "arch": arch,
+                "registers": info.registers,
+                "shared_bytes": info.shared_bytes,
+                "spill_bytes": info.spill_bytes,
+                "local_bytes": info.local_bytes,
+                "stack_bytes": info.stack_bytes,
+                "ldg128": info.ldg128,
+                "mma": info.mma or "",
+                "bytes": spec.bytes,
+                "flops": spec.flops,
+                "peak": spec.peak,
+                "predicted_us": spec.predicted_us,
+                "shape": spec.shape,
+            }
+        )
     return rows
 
 
@@ -75,15 +89,19 @@ def format_table(rows: list[dict]) -> str:
     numeric = {"registers", "shared_bytes", "spill_bytes", "bytes", "flops", "predicted_us"}
 
     def line(values):
-        return "  ".join(v.rjust(w) if k in numeric else v.ljust(w)
-                         for k, v, w in zip(COLUMNS, values, widths, strict=True)).rstrip()
+        return "  ".join(
+            v.rjust(w) if k in numeric else v.ljust(w)
+            for k, v, w in zip(COLUMNS, values, widths, strict=True)
+        ).rstrip()
 
     peaks = ", ".join(f"{name} {value:.3g}" for name, value in PEAKS.items())
-    return "\n".join([
-        line(COLUMNS),
-        line(["-" * w for w in widths]),
-        *(line(r) for r in cells),
-        "",
-        f"predicted_us = max(bytes / {HBM_BYTES_PER_S:.3g} B/s, flops / peak) * 1e6 on an "
-        f"H100 SXM; peaks (op/s): {peaks}",
-    ])
+    return "\n".join(
+        [
+            line(COLUMNS),
+            line(["-" * w for w in widths]),
+            *(line(r) for r in cells),
+            "",
+            f"predicted_us = max(bytes / {HBM_BYTES_PER_S:.3g} B/s, flops / peak) * 1e6 on an "
+            f"H100 SXM; peaks (op/s): {peaks}",
+        ]
+    )

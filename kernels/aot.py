@@ -88,8 +88,9 @@ class AotSpec:
 
     def __post_init__(self):
         if self.peak not in PEAKS:
-            raise ValueError(f"AotSpec {self.name!r}: peak must be one of {sorted(PEAKS)}, "
-                             f"got {self.peak!r}")
+            raise ValueError(
+                f"AotSpec {self.name!r}: peak must be one of {sorted(PEAKS)}, got {self.peak!r}"
+            )
 
     @property
     def predicted_us(self) -> float:
@@ -146,10 +147,21 @@ def _ptxas_report(ptx: str, arch: int, enable_fp_fusion: bool) -> str:
         path.write_text(ptx)
         fmad = [] if enable_fp_fusion else ["--fmad=false"]
         done = subprocess.run(
-            [get_ptxas(arch).path, "-lineinfo", *fmad, "-v", "--regAllocOptLevel=2",
-             f"--gpu-name={sm_arch_from_capability(arch)}", str(path), "-o",
-             str(Path(tmp) / "kernel.cubin")],
-            check=True, capture_output=True, text=True)
+            [
+                get_ptxas(arch).path,
+                "-lineinfo",
+                *fmad,
+                "-v",
+                "--regAllocOptLevel=2",
+                f"--gpu-name={sm_arch_from_capability(arch)}",
+                str(path),
+                "-o",
+                str(Path(tmp) / "kernel.cubin"),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     return done.stdout + done.stderr
 
 
@@ -157,10 +169,18 @@ def _inspect(compiled, kernel: str, arch: int) -> CompiledInfo:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{kernel}.sm_{arch}.cubin"
         path.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run([str(_tool("cuobjdump")), "--dump-resource-usage", str(path)],
-                               check=True, capture_output=True, text=True).stdout
-        sass = subprocess.run([str(_tool("cuobjdump")), "--dump-sass", str(path)],
-                              check=True, capture_output=True, text=True).stdout
+        usage = subprocess.run(
+            [str(_tool("cuobjdump")), "--dump-resource-usage", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        sass = subprocess.run(
+            [str(_tool("cuobjdump")), "--dump-sass", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     ptxas_log = _ptxas_report(compiled.asm["ptx"], arch, compiled.metadata.enable_fp_fusion)
 
     def number(pattern: str, text: str, what: str) -> int:
@@ -185,8 +205,9 @@ def _inspect(compiled, kernel: str, arch: int) -> CompiledInfo:
     )
 
 
-def _compile_in_process(fn, signature: dict, constexprs: dict, arch: int, aligned=(),
-                        options: dict | None = None) -> CompiledInfo:
+def _compile_in_process(
+    fn, signature: dict, constexprs: dict, arch: int, aligned=(), options: dict | None = None
+) -> CompiledInfo:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -198,8 +219,9 @@ def _compile_in_process(fn, signature: dict, constexprs: dict, arch: int, aligne
     with warnings.catch_warnings():
         # Triton 3.9 warns once that its fp-fusion default will change; specs state theirs.
         warnings.simplefilter("ignore", UserWarning)
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                                  options=dict(options or {}))
+        compiled = triton.compile(
+            source, target=GPUTarget("cuda", arch, 32), options=dict(options or {})
+        )
     return _inspect(compiled, fn.__name__, arch)
 
 
@@ -209,8 +231,10 @@ def _check_arguments(fn, signature: dict, constexprs: dict, aligned) -> None:
     unknown = [n for n in [*signature, *constexprs, *aligned] if n not in names]
     both = [n for n in signature if n in constexprs]
     if missing or unknown or both:
-        raise ValueError(f"{fn.__name__}: signature and constexprs must name every argument "
-                         f"exactly once; missing {missing}, unknown {unknown}, in both {both}")
+        raise ValueError(
+            f"{fn.__name__}: signature and constexprs must name every argument "
+            f"exactly once; missing {missing}, unknown {unknown}, in both {both}"
+        )
 
 
 def _is_jit_function(fn) -> bool:
@@ -230,15 +254,24 @@ def _compile_in_children(requests: list[dict]) -> list[CompiledInfo]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     jobs = max(1, min(4, os.cpu_count() or 1, len(requests)))
     shares = [requests[i::jobs] for i in range(jobs)]
-    children = [subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env=env) for _ in shares]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", __name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in shares
+    ]
     results = []
     for child, share in zip(children, shares, strict=True):
         out, err = child.communicate(json.dumps(share))
         if child.returncode != 0:
-            raise RuntimeError(f"ahead-of-time compilation failed in a child process:\n"
-                               f"{err[-4000:]}")
+            raise RuntimeError(
+                f"ahead-of-time compilation failed in a child process:\n{err[-4000:]}"
+            )
         # The last line is ours; anything a kernel module printed on import comes before it.
         results.append([CompiledInfo(**row) for row in json.loads(out.strip().splitlines()[-1])])
     # Undo the round-robin split so results line up with the requests.
@@ -247,17 +280,26 @@ def _compile_in_children(requests: list[dict]) -> list[CompiledInfo]:
 
 def _request(fn, signature, constexprs, arch, aligned=(), options=None) -> dict:
     module, name = _function_address(fn)
-    return {"module": module, "name": name, "signature": dict(signature),
-            "constexprs": dict(constexprs), "arch": int(arch), "aligned": list(aligned),
-            "options": dict(options or {})}
+    return {
+        "module": module,
+        "name": name,
+        "signature": dict(signature),
+        "constexprs": dict(constexprs),
+        "arch": int(arch),
+        "aligned": list(aligned),
+        "options": dict(options or {}),
+    }
 
 
 def _serve(requests: list[dict]) -> list[CompiledInfo]:
     out = []
     for r in requests:
         fn = getattr(importlib.import_module(r["module"]), r["name"])
-        out.append(_compile_in_process(fn, r["signature"], r["constexprs"], r["arch"],
-                                       r["aligned"], r["options"]))
+        out.append(
+            _compile_in_process(
+                fn, r["signature"], r["constexprs"], r["arch"], r["aligned"], r["options"]
+            )
+        )
     return out
 
 
@@ -270,14 +312,24 @@ def compile_many(requests: list[dict]) -> list[CompiledInfo]:
         _check_arguments(r["fn"], r["signature"], r["constexprs"], r.get("aligned", ()))
     if all(_is_jit_function(r["fn"]) for r in requests):
         return [_compile_in_process(**r) for r in requests]
-    return _compile_in_children([
-        _request(r["fn"], r["signature"], r["constexprs"], r["arch"], r.get("aligned", ()),
-                 r.get("options")) for r in requests
-    ])
+    return _compile_in_children(
+        [
+            _request(
+                r["fn"],
+                r["signature"],
+                r["constexprs"],
+                r["arch"],
+                r.get("aligned", ()),
+                r.get("options"),
+            )
+            for r in requests
+        ]
+    )
 
 
-def compile_kernel(fn, signature: dict, constexprs: dict, arch: int, aligned=(),
-                   options: dict | None = None) -> CompiledInfo:
+def compile_kernel(
+    fn, signature: dict, constexprs: dict, arch: int, aligned=(), options: dict | None = None
+) -> CompiledInfo:
     """Compile `fn` for `sm_{arch}` and read its resource usage and SASS features.
 
     signature: every runtime argument's Triton type (`"*fp16"`, `"i32"`, ...); constexprs:
@@ -285,16 +337,32 @@ def compile_kernel(fn, signature: dict, constexprs: dict, arch: int, aligned=(),
     aligned: argument names to mark `tt.divisibility = 16`; options: compile options
     (`num_warps`, `num_stages`, `enable_fp_fusion`, ...).
     """
-    return compile_many([dict(fn=fn, signature=signature, constexprs=constexprs, arch=arch,
-                              aligned=aligned, options=options)])[0]
+    return compile_many(
+        [
+            dict(
+                fn=fn,
+                signature=signature,
+                constexprs=constexprs,
+                arch=arch,
+                aligned=aligned,
+                options=options,
+            )
+        ]
+    )[0]
 
 
 def spec_request(spec: AotSpec | dict, arch: int) -> dict:
     """The `compile_many` request that compiles `spec` for `sm_{arch}`."""
     spec = as_spec(spec)
     options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages, **spec.options}
-    return dict(fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs,
-                arch=arch, aligned=spec.aligned, options=options)
+    return dict(
+        fn=spec.kernel,
+        signature=spec.signature,
+        constexprs=spec.constexprs,
+        arch=arch,
+        aligned=spec.aligned,
+        options=options,
+    )
 
 
 def compile_spec(spec: AotSpec | dict, arch: int) -> CompiledInfo:

@@ -53,13 +53,30 @@ def _rope(x, cos, sin, ROWS: tl.constexpr, HALF: tl.constexpr, HEAD_DIM: tl.cons
 
 @triton.jit
 def _attention_kernel(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, len_ptr, o_ptr,
-    stride_qb, stride_qh, stride_ql,
-    stride_kb, stride_kh, stride_kl,
-    stride_vb, stride_vh, stride_vl,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    cos_ptr,
+    sin_ptr,
+    len_ptr,
+    o_ptr,
+    stride_qb,
+    stride_qh,
+    stride_ql,
+    stride_kb,
+    stride_kh,
+    stride_kl,
+    stride_vb,
+    stride_vh,
+    stride_vl,
     stride_tl,
-    stride_ob, stride_ol,
-    H, L, before, after, qk_scale,
+    stride_ob,
+    stride_ol,
+    H,
+    L,
+    before,
+    after,
+    qk_scale,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -87,12 +104,17 @@ def _attention_kernel(
     dims = tl.arange(0, HEAD_DIM)
     pairs = tl.arange(0, HALF)
 
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_ql
-                + dims[None, :], mask=(rows < L)[:, None], other=0.0)
-    q_cos = tl.load(cos_ptr + rows[:, None] * stride_tl + pairs[None, :],
-                    mask=(rows < L)[:, None], other=0.0)
-    q_sin = tl.load(sin_ptr + rows[:, None] * stride_tl + pairs[None, :],
-                    mask=(rows < L)[:, None], other=0.0)
+    q = tl.load(
+        q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
+        mask=(rows < L)[:, None],
+        other=0.0,
+    )
+    q_cos = tl.load(
+        cos_ptr + rows[:, None] * stride_tl + pairs[None, :], mask=(rows < L)[:, None], other=0.0
+    )
+    q_sin = tl.load(
+        sin_ptr + rows[:, None] * stride_tl + pairs[None, :], mask=(rows < L)[:, None], other=0.0
+    )
     q = _rope(q, q_cos, q_sin, BLOCK_M, HALF, HEAD_DIM)
 
     if BANDED:
@@ -113,10 +135,12 @@ def _attention_kernel(
         cols = n0 + tl.arange(0, BLOCK_N)
         col_in = (cols < L)[:, None]
         k = tl.load(k_base + cols[:, None] * stride_kl + dims[None, :], mask=col_in, other=0.0)
-        k_cos = tl.load(cos_ptr + cols[:, None] * stride_tl + pairs[None, :], mask=col_in,
-                        other=0.0)
-        k_sin = tl.load(sin_ptr + cols[:, None] * stride_tl + pairs[None, :], mask=col_in,
-                        other=0.0)
+        k_cos = tl.load(
+            cos_ptr + cols[:, None] * stride_tl + pairs[None, :], mask=col_in, other=0.0
+        )
+        k_sin = tl.load(
+            sin_ptr + cols[:, None] * stride_tl + pairs[None, :], mask=col_in, other=0.0
+        )
         k = _rope(k, k_cos, k_sin, BLOCK_N, HALF, HEAD_DIM)
         v = tl.load(v_base + cols[:, None] * stride_vl + dims[None, :], mask=col_in, other=0.0)
 
@@ -133,15 +157,17 @@ def _attention_kernel(
         p = tl.math.exp2(qk - m_ref[:, None])
         correction = tl.math.exp2(m_i - m_ref)
         l_i = l_i * correction + tl.sum(p, axis=1)
-        acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v,
-                                                 input_precision=INPUT_PRECISION)
+        acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
         m_i = m_new
 
     valid = rows < length
     out = acc / tl.where(valid, l_i, 1.0)[:, None]
     out = tl.where(valid[:, None], out, 0.0)
-    tl.store(o_ptr + b * stride_ob + rows[:, None] * stride_ol + h * HEAD_DIM + dims[None, :],
-             out.to(o_ptr.dtype.element_ty), mask=(rows < L)[:, None])
+    tl.store(
+        o_ptr + b * stride_ob + rows[:, None] * stride_ol + h * HEAD_DIM + dims[None, :],
+        out.to(o_ptr.dtype.element_ty),
+        mask=(rows < L)[:, None],
+    )
 
 
 def rope_tables(length: int, head_dim: int, max_period: float = 10000.0, device=None):
@@ -165,8 +191,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.stack([out_re.to(x.dtype), out_im.to(x.dtype)], dim=-1).flatten(-2)
 
 
-def band_limits(length: int, window: int | None, causal: bool,
-                context: int | None) -> tuple[bool, int, int]:
+def band_limits(
+    length: int, window: int | None, causal: bool, context: int | None
+) -> tuple[bool, int, int]:
     """`(banded, before, after)`: key s is visible from query t iff
     `t - before <= s <= t + after` (when banded)."""
     if window is not None:
@@ -176,8 +203,9 @@ def band_limits(length: int, window: int | None, causal: bool,
     return False, length, length
 
 
-def attention_torch(q, k, v, lengths=None, window=None, causal=False, context=None,
-                    max_period=10000.0):
+def attention_torch(
+    q, k, v, lengths=None, window=None, causal=False, context=None, max_period=10000.0
+):
     """Torch path: RoPE by `apply_rope`, then `F.scaled_dot_product_attention`.
 
     A banded pattern runs one SDPA call per chunk of `TORCH_QUERY_CHUNK` queries over only
@@ -201,8 +229,9 @@ def attention_torch(q, k, v, lengths=None, window=None, causal=False, context=No
             k0, k1 = max(0, a0 - before), min(length, a1 + after)
             delta = positions[a0:a1].view(-1, 1) - positions[k0:k1].view(1, -1)
             mask = key_ok[..., k0:k1] & (delta <= before) & (delta >= -after)
-            chunks.append(F.scaled_dot_product_attention(
-                q[:, :, a0:a1], k[:, :, k0:k1], v[:, :, k0:k1], mask))
+            chunks.append(
+                F.scaled_dot_product_attention(q[:, :, a0:a1], k[:, :, k0:k1], v[:, :, k0:k1], mask)
+            )
         out = torch.cat(chunks, dim=2)
     # Rows past an item's end may be NaN (no visible key): select zeros, do not multiply.
     query_ok = (positions.view(1, -1) < lengths.view(-1, 1)).view(batch, 1, length, 1)
@@ -222,15 +251,18 @@ def launch_config(head_dim: int, dtype: torch.dtype, fp32_precision: str) -> tup
     return (32, 16, 4) if head_dim <= 64 else (16, 16, 8)
 
 
-def _launch(q, k, v, lengths, window, causal, context, max_period, fp32_precision,
-            block_m, block_n):
+def _launch(
+    q, k, v, lengths, window, causal, context, max_period, fp32_precision, block_m, block_n
+):
     batch, heads, length, head_dim = q.shape
     if head_dim not in HEAD_DIMS:
         raise ValueError(f"the Triton kernel supports head dims {HEAD_DIMS}, got {head_dim}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last dimension (stride 1) for the "
-                             f"Triton kernel, got strides {list(t.stride())}")
+            raise ValueError(
+                f"{name} must have a contiguous last dimension (stride 1) for the "
+                f"Triton kernel, got strides {list(t.stride())}"
+            )
     default_m, default_n, num_warps = launch_config(head_dim, q.dtype, fp32_precision)
     block_m, block_n = block_m or default_m, block_n or default_n
     out = torch.empty(batch, length, heads * head_dim, dtype=q.dtype, device=q.device)
@@ -241,15 +273,37 @@ def _launch(q, k, v, lengths, window, causal, context, max_period, fp32_precisio
         lengths = torch.full((batch,), length, dtype=torch.int64, device=q.device)
     banded, before, after = band_limits(length, window, causal, context)
     _attention_kernel[(triton.cdiv(length, block_m), batch * heads)](
-        q, k, v, cos, sin, lengths, out,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
+        q,
+        k,
+        v,
+        cos,
+        sin,
+        lengths,
+        out,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
         cos.stride(0),
-        out.stride(0), out.stride(1),
-        heads, length, before, after, LOG2_E / math.sqrt(head_dim),
-        HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BANDED=banded,
-        INPUT_PRECISION=fp32_precision, num_warps=num_warps, num_stages=NUM_STAGES,
+        out.stride(0),
+        out.stride(1),
+        heads,
+        length,
+        before,
+        after,
+        LOG2_E / math.sqrt(head_dim),
+        HEAD_DIM=head_dim,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BANDED=banded,
+        INPUT_PRECISION=fp32_precision,
+        num_warps=num_warps,
+        num_stages=NUM_STAGES,
     )
     return out
 
@@ -282,49 +336,77 @@ def _check(q, k, v, lengths, window, causal, context, fp32_precision, blocks) ->
             raise ValueError(f"lengths must be on {q.device} like q, got {lengths.device}")
     if window is not None:
         if causal:
-            raise ValueError("an attention pattern is either windowed or causal, not both: "
-                             f"got window={window} and causal=True")
+            raise ValueError(
+                "an attention pattern is either windowed or causal, not both: "
+                f"got window={window} and causal=True"
+            )
         if isinstance(window, bool) or not isinstance(window, int) or window < 0:
             raise ValueError(f"window must be None or an int >= 0, got {window!r}")
     if context is not None:
         if not causal:
-            raise ValueError(f"context applies to causal attention only, got context={context} "
-                             "with causal=False")
+            raise ValueError(
+                f"context applies to causal attention only, got context={context} with causal=False"
+            )
         if isinstance(context, bool) or not isinstance(context, int) or context < 1:
             raise ValueError(f"context must be None or an int >= 1, got {context!r}")
     if fp32_precision not in PRECISIONS:
         raise ValueError(f"fp32_precision must be one of {PRECISIONS}, got {fp32_precision!r}")
     if blocks is not None:
-        ok = (isinstance(blocks, tuple) and len(blocks) == 2
-              and all(isinstance(n, int) and n >= 16 and n & (n - 1) == 0 for n in blocks))
+        ok = (
+            isinstance(blocks, tuple)
+            and len(blocks) == 2
+            and all(isinstance(n, int) and n >= 16 and n & (n - 1) == 0 for n in blocks)
+        )
         if not ok:
-            raise ValueError(f"blocks must be None or (BLOCK_M, BLOCK_N), powers of two >= 16, "
-                             f"got {blocks!r}")
+            raise ValueError(
+                f"blocks must be None or (BLOCK_M, BLOCK_N), powers of two >= 16, got {blocks!r}"
+            )
 
 
 @torch.library.custom_op("flexicodec_fast::attention", mutates_args=())
-def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  lengths: torch.Tensor | None, window: int | None, causal: bool,
-                  context: int | None, max_period: float, fp32_precision: str, backend: str,
-                  block_m: int, block_n: int) -> torch.Tensor:
+def _attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lengths: torch.Tensor | None,
+    window: int | None,
+    causal: bool,
+    context: int | None,
+    max_period: float,
+    fp32_precision: str,
+    backend: str,
+    block_m: int,
+    block_n: int,
+) -> torch.Tensor:
     if select_backend(backend, q.device) == "triton":
-        return _launch(q, k, v, lengths, window, causal, context, max_period, fp32_precision,
-                       block_m, block_n)
+        return _launch(
+            q, k, v, lengths, window, causal, context, max_period, fp32_precision, block_m, block_n
+        )
     return attention_torch(q, k, v, lengths, window, causal, context, max_period)
 
 
 @_attention_op.register_fake
-def _(q, k, v, lengths, window, causal, context, max_period, fp32_precision, backend,
-      block_m, block_n):
+def _(
+    q, k, v, lengths, window, causal, context, max_period, fp32_precision, backend, block_m, block_n
+):
     batch, heads, length, head_dim = q.shape
     return q.new_empty(batch, length, heads * head_dim)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              lengths: torch.Tensor | None = None, *, window: int | None = None,
-              causal: bool = False, context: int | None = None, max_period: float = 10000.0,
-              fp32_precision: str = "ieee", backend: str = "auto",
-              blocks: tuple[int, int] | None = None) -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    window: int | None = None,
+    causal: bool = False,
+    context: int | None = None,
+    max_period: float = 10000.0,
+    fp32_precision: str = "ieee",
+    backend: str = "auto",
+    blocks: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Self-attention core of the mimi transformer with RoPE: `[B, H, L, Dh]` x3 ->
     `[B, L, H*Dh]`.
 
@@ -338,16 +420,40 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     _check(q, k, v, lengths, window, causal, context, fp32_precision, blocks)
     select_backend(backend, q.device)
     block_m, block_n = blocks or (0, 0)
-    return _attention_op(q, k, v, lengths, window, causal, context, float(max_period),
-                         fp32_precision, backend, block_m, block_n)
+    return _attention_op(
+        q,
+        k,
+        v,
+        lengths,
+        window,
+        causal,
+        context,
+        float(max_period),
+        fp32_precision,
+        backend,
+        block_m,
+        block_n,
+    )
 
 
 # Production shape: the bottleneck transformer (8 heads of 64, full attention) on a batch of
 # eight ~80 s clips at 12.5 Hz, L = 1024 (aggregators run the same kernel on T + G positions;
 # the windowed variant is the paper's local attention, w = 16).
 _B, _H, _L, _DH = 8, 8, 1024, 64
-_STRIDES = ("stride_qb", "stride_qh", "stride_ql", "stride_kb", "stride_kh", "stride_kl",
-            "stride_vb", "stride_vh", "stride_vl", "stride_tl", "stride_ob", "stride_ol")
+_STRIDES = (
+    "stride_qb",
+    "stride_qh",
+    "stride_ql",
+    "stride_kb",
+    "stride_kh",
+    "stride_kl",
+    "stride_vb",
+    "stride_vh",
+    "stride_vl",
+    "stride_tl",
+    "stride_ob",
+    "stride_ol",
+)
 
 
 def _spec(dtype: str, precision: str = "ieee", window: int | None = None) -> AotSpec:
@@ -361,14 +467,39 @@ def _spec(dtype: str, precision: str = "ieee", window: int | None = None) -> Aot
     return AotSpec(
         name=f"attention {dtype}{' ' + precision if dtype == 'fp32' else ''} {pattern}",
         kernel=_attention_kernel,
-        signature={"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "v_ptr": f"*{dtype}",
-                   "cos_ptr": "*fp32", "sin_ptr": "*fp32", "len_ptr": "*i64",
-                   "o_ptr": f"*{dtype}", **{s: "i32" for s in _STRIDES},
-                   "H": "i32", "L": "i32", "before": "i32", "after": "i32", "qk_scale": "fp32"},
-        constexprs={"HEAD_DIM": _DH, "BLOCK_M": block_m, "BLOCK_N": block_n,
-                    "BANDED": window is not None, "INPUT_PRECISION": precision},
-        aligned=("q_ptr", "k_ptr", "v_ptr", "cos_ptr", "sin_ptr", "len_ptr", "o_ptr",
-                 *_STRIDES, "L"),
+        signature={
+            "q_ptr": f"*{dtype}",
+            "k_ptr": f"*{dtype}",
+            "v_ptr": f"*{dtype}",
+            "cos_ptr": "*fp32",
+            "sin_ptr": "*fp32",
+            "len_ptr": "*i64",
+            "o_ptr": f"*{dtype}",
+            **{s: "i32" for s in _STRIDES},
+            "H": "i32",
+            "L": "i32",
+            "before": "i32",
+            "after": "i32",
+            "qk_scale": "fp32",
+        },
+        constexprs={
+            "HEAD_DIM": _DH,
+            "BLOCK_M": block_m,
+            "BLOCK_N": block_n,
+            "BANDED": window is not None,
+            "INPUT_PRECISION": precision,
+        },
+        aligned=(
+            "q_ptr",
+            "k_ptr",
+            "v_ptr",
+            "cos_ptr",
+            "sin_ptr",
+            "len_ptr",
+            "o_ptr",
+            *_STRIDES,
+            "L",
+        ),
         num_warps=num_warps,
         num_stages=NUM_STAGES,
         shape=f"q, k, v [{_B},{_H},{_L},{_DH}] {dtype}, {pattern}",
@@ -380,5 +511,10 @@ def _spec(dtype: str, precision: str = "ieee", window: int | None = None) -> Aot
     )
 
 
-AOT_SPECS = [_spec("fp16"), _spec("bf16"), _spec("fp16", window=16), _spec("fp32", "ieee"),
-             _spec("fp32", "tf32")]
+AOT_SPECS = [
+    _spec("fp16"),
+    _spec("bf16"),
+    _spec("fp16", window=16),
+    _spec("fp32", "ieee"),
+    _spec("fp32", "tf32"),
+]

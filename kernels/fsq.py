@@ -66,28 +66,47 @@ def _tanh(x):
 
 
 @triton.jit
-def _project_out(c, w_out_ptr, b_out_ptr, out_rows, row_mask, j, jm, stride_wo, DIM,
-                 BLOCK_D: tl.constexpr):
+def _project_out(
+    c, w_out_ptr, b_out_ptr, out_rows, row_mask, j, jm, stride_wo, DIM, BLOCK_D: tl.constexpr
+):
     """`out[g, d] = sum_j c[g, j] W_out[d, j] + b_out[d]`, stored to `out_rows + d`."""
     for d0 in range(0, DIM, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         dm = d < DIM
-        w = tl.load(w_out_ptr + d[None, :] * stride_wo + j[:, None],
-                    mask=jm[:, None] & dm[None, :], other=0.0).to(tl.float32)
+        w = tl.load(
+            w_out_ptr + d[None, :] * stride_wo + j[:, None],
+            mask=jm[:, None] & dm[None, :],
+            other=0.0,
+        ).to(tl.float32)
         bias = tl.load(b_out_ptr + d, mask=dm, other=0.0).to(tl.float32)
         o = tl.sum(c[:, :, None] * w[None, :, :], axis=1) + bias[None, :]
-        tl.store(out_rows + d[None, :], o.to(out_rows.dtype.element_ty),
-                 mask=row_mask[:, None] & dm[None, :])
+        tl.store(
+            out_rows + d[None, :],
+            o.to(out_rows.dtype.element_ty),
+            mask=row_mask[:, None] & dm[None, :],
+        )
 
 
 @triton.jit
 def _fsq_kernel(
-    x_ptr, w_in_ptr, b_in_ptr, w_out_ptr, b_out_ptr, ftab_ptr, out_ptr, codes_ptr,
-    stride_xb, stride_xg,
-    stride_wi, stride_wo,
-    stride_ob, stride_og,
+    x_ptr,
+    w_in_ptr,
+    b_in_ptr,
+    w_out_ptr,
+    b_out_ptr,
+    ftab_ptr,
+    out_ptr,
+    codes_ptr,
+    stride_xb,
+    stride_xg,
+    stride_wi,
+    stride_wo,
+    stride_ob,
+    stride_og,
     stride_cb,
-    G, DIM, N,
+    G,
+    DIM,
+    N,
     NP: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -111,8 +130,11 @@ def _fsq_kernel(
         k = k0 + tl.arange(0, BLOCK_K)
         km = k < DIM
         xt = tl.load(x_rows + k[None, :], mask=gm[:, None] & km[None, :], other=0.0)
-        wt = tl.load(w_in_ptr + j[:, None] * stride_wi + k[None, :],
-                     mask=jm[:, None] & km[None, :], other=0.0)
+        wt = tl.load(
+            w_in_ptr + j[:, None] * stride_wi + k[None, :],
+            mask=jm[:, None] & km[None, :],
+            other=0.0,
+        )
         acc += tl.sum(xt.to(tl.float32)[:, None, :] * wt.to(tl.float32)[None, :, :], axis=2)
     z = acc + tl.load(b_in_ptr + j, mask=jm, other=0.0).to(tl.float32)[None, :]
     shift = tl.load(ftab_ptr + j)[None, :]
@@ -135,11 +157,18 @@ def _fsq_kernel(
 
 @triton.jit
 def _fsq_decode_kernel(
-    codes_ptr, w_out_ptr, b_out_ptr, itab_ptr, out_ptr,
+    codes_ptr,
+    w_out_ptr,
+    b_out_ptr,
+    itab_ptr,
+    out_ptr,
     stride_cb,
     stride_wo,
-    stride_ob, stride_og,
-    G, DIM, N,
+    stride_ob,
+    stride_og,
+    G,
+    DIM,
+    N,
     NP: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -184,24 +213,39 @@ def _tables(levels: tuple[int, ...], device: torch.device):
     shift = (off / half).tan()
     width = lv // 2
     basis = torch.cumprod(torch.tensor([1, *levels[:-1]], dtype=torch.int64), dim=0)
-    ftab = torch.stack([
-        F.pad(shift, (0, pad)), F.pad(half, (0, pad)), F.pad(off, (0, pad)),
-        F.pad(width.float(), (0, pad), value=1.0), F.pad(basis.float(), (0, pad)),
-    ])
-    itab = torch.stack([F.pad(lv.long(), (0, pad), value=1), F.pad(width.long(), (0, pad), value=1),
-                        F.pad(basis, (0, pad), value=1)])
+    ftab = torch.stack(
+        [
+            F.pad(shift, (0, pad)),
+            F.pad(half, (0, pad)),
+            F.pad(off, (0, pad)),
+            F.pad(width.float(), (0, pad), value=1.0),
+            F.pad(basis.float(), (0, pad)),
+        ]
+    )
+    itab = torch.stack(
+        [
+            F.pad(lv.long(), (0, pad), value=1),
+            F.pad(width.long(), (0, pad), value=1),
+            F.pad(basis, (0, pad), value=1),
+        ]
+    )
     return ftab.to(device), itab.to(device)
 
 
 def _check_levels(levels) -> tuple[int, ...]:
     if isinstance(levels, torch.Tensor):
         levels = levels.tolist()
-    if (not isinstance(levels, Sequence) or not 1 <= len(levels) <= MAX_LEVELS
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in levels)):
+    if (
+        not isinstance(levels, Sequence)
+        or not 1 <= len(levels) <= MAX_LEVELS
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in levels)
+    ):
         raise ValueError(f"levels must be 1 to {MAX_LEVELS} ints >= 2, got {levels!r}")
     if math.prod(levels) > 2**31:
-        raise ValueError(f"levels {list(levels)} give a codebook of {math.prod(levels)} codes, "
-                         f"more than int32 codes hold")
+        raise ValueError(
+            f"levels {list(levels)} give a codebook of {math.prod(levels)} codes, "
+            f"more than int32 codes hold"
+        )
     return tuple(int(v) for v in levels)
 
 
@@ -224,8 +268,10 @@ def _check_out_proj(w_out, b_out, dim: int, n: int, device) -> None:
 def _check_inner_contiguous(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last dimension (stride 1) for the "
-                             f"Triton kernel, got strides {list(t.stride())}: call .contiguous()")
+            raise ValueError(
+                f"{name} must have a contiguous last dimension (stride 1) for the "
+                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
+            )
 
 
 # ----------------------------------------------------------------------------- torch paths
@@ -266,14 +312,30 @@ def _launch(x, w_in, b_in, w_out, b_out, levels):
     if codes.numel() == 0:
         return out, codes
     _fsq_kernel[(triton.cdiv(groups, BLOCK_G), batch)](
-        x, w_in, b_in, w_out, b_out, ftab, out, codes,
-        x.stride(0), x.stride(1),
-        w_in.stride(0), w_out.stride(0),
-        out.stride(0), out.stride(1),
+        x,
+        w_in,
+        b_in,
+        w_out,
+        b_out,
+        ftab,
+        out,
+        codes,
+        x.stride(0),
+        x.stride(1),
+        w_in.stride(0),
+        w_out.stride(0),
+        out.stride(0),
+        out.stride(1),
         codes.stride(0),
-        groups, dim, len(levels),
-        NP=ftab.shape[1], BLOCK_G=BLOCK_G, BLOCK_K=BLOCK_K, BLOCK_D=BLOCK_D,
-        num_warps=NUM_WARPS, enable_fp_fusion=False,
+        groups,
+        dim,
+        len(levels),
+        NP=ftab.shape[1],
+        BLOCK_G=BLOCK_G,
+        BLOCK_K=BLOCK_K,
+        BLOCK_D=BLOCK_D,
+        num_warps=NUM_WARPS,
+        enable_fp_fusion=False,
     )
     return out, codes
 
@@ -288,13 +350,23 @@ def _launch_decode(codes, w_out, b_out, levels):
     if out.numel() == 0:
         return out
     _fsq_decode_kernel[(triton.cdiv(groups, BLOCK_G), batch)](
-        codes, w_out, b_out, itab, out,
+        codes,
+        w_out,
+        b_out,
+        itab,
+        out,
         codes.stride(0),
         w_out.stride(0),
-        out.stride(0), out.stride(1),
-        groups, dim, len(levels),
-        NP=itab.shape[1], BLOCK_G=BLOCK_G, BLOCK_D=BLOCK_D,
-        num_warps=NUM_WARPS, enable_fp_fusion=False,
+        out.stride(0),
+        out.stride(1),
+        groups,
+        dim,
+        len(levels),
+        NP=itab.shape[1],
+        BLOCK_G=BLOCK_G,
+        BLOCK_D=BLOCK_D,
+        num_warps=NUM_WARPS,
+        enable_fp_fusion=False,
     )
     return out
 
@@ -303,9 +375,15 @@ def _launch_decode(codes, w_out, b_out, levels):
 
 
 @torch.library.custom_op("flexicodec_fast::fsq", mutates_args=())
-def _fsq_op(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor,
-            b_out: torch.Tensor, levels: list[int],
-            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _fsq_op(
+    x: torch.Tensor,
+    w_in: torch.Tensor,
+    b_in: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor,
+    levels: list[int],
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     if select_backend(backend, x.device) == "triton":
         return _launch(x, w_in, b_in, w_out, b_out, tuple(levels))
     return fsq_torch(x, w_in, b_in, w_out, b_out, tuple(levels))
@@ -317,8 +395,9 @@ def _(x, w_in, b_in, w_out, b_out, levels, backend):
 
 
 @torch.library.custom_op("flexicodec_fast::fsq_decode", mutates_args=())
-def _fsq_decode_op(codes: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor,
-                   levels: list[int], backend: str) -> torch.Tensor:
+def _fsq_decode_op(
+    codes: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor, levels: list[int], backend: str
+) -> torch.Tensor:
     if select_backend(backend, codes.device) == "triton":
         return _launch_decode(codes, w_out, b_out, tuple(levels))
     return fsq_decode_torch(codes, w_out, b_out, tuple(levels))
@@ -332,17 +411,25 @@ def _(codes, w_out, b_out, levels, backend):
 # ----------------------------------------------------------------------------- public API
 
 
-def fsq(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor,
-        b_out: torch.Tensor, levels: Sequence[int], *,
-        backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def fsq(
+    x: torch.Tensor,
+    w_in: torch.Tensor,
+    b_in: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor,
+    levels: Sequence[int],
+    *,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantise x `[B, G, dim]`: returns (dequantised and projected `[B, G, dim]` in x's
     dtype, codes `[B, G]` int32). W_in `[n, dim]`, b_in `[n]`, W_out `[dim, n]`, b_out `[dim]`
     (the reference's `project_in` / `project_out`), n = len(levels) <= 8. Inference only (no
     gradient). Registered as `torch.ops.flexicodec_fast.fsq`."""
     levels = _check_levels(levels)
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        raise ValueError(f"x must be a [B, G, dim] tensor, got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
+        raise ValueError(
+            f"x must be a [B, G, dim] tensor, got {getattr(x, 'shape', type(x).__name__)}"
+        )
     _check_tensor("x", x, x.shape)
     dim, n = x.shape[2], len(levels)
     _check_tensor("w_in", w_in, (n, dim), x.device)
@@ -352,8 +439,14 @@ def fsq(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Te
     return _fsq_op(x, w_in, b_in, w_out, b_out, list(levels), backend)
 
 
-def fsq_decode(codes: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor,
-               levels: Sequence[int], *, backend: str = "auto") -> torch.Tensor:
+def fsq_decode(
+    codes: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor,
+    levels: Sequence[int],
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Dequantise codes `[B, G]` (int32/int64) and project out: `[B, G, dim]` in W_out's
     dtype. Registered as `torch.ops.flexicodec_fast.fsq_decode`."""
     levels = _check_levels(levels)
@@ -364,8 +457,9 @@ def fsq_decode(codes: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor,
     if codes.dim() != 2:
         raise ValueError(f"codes must be [B, G], got shape {list(codes.shape)}")
     if not isinstance(w_out, torch.Tensor) or w_out.dim() != 2:
-        raise ValueError(f"w_out must be a [dim, n] tensor, got "
-                         f"{getattr(w_out, 'shape', type(w_out).__name__)}")
+        raise ValueError(
+            f"w_out must be a [dim, n] tensor, got {getattr(w_out, 'shape', type(w_out).__name__)}"
+        )
     _check_out_proj(w_out, b_out, w_out.shape[0], len(levels), codes.device)
     select_backend(backend, codes.device)
     return _fsq_decode_op(codes, w_out, b_out, list(levels), backend)
@@ -378,20 +472,49 @@ def fsq_decode(codes: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor,
 _B, _G, _DIM, _N = 8, 30000, 768, 5
 _TOKENS = _B * _G
 
+
 def _fsq_spec(dtype: str, size: int) -> AotSpec:
     return AotSpec(
         name=f"fsq {dtype}",
         kernel=_fsq_kernel,
-        signature={"x_ptr": f"*{dtype}", "w_in_ptr": f"*{dtype}", "b_in_ptr": f"*{dtype}",
-                   "w_out_ptr": f"*{dtype}", "b_out_ptr": f"*{dtype}", "ftab_ptr": "*fp32",
-                   "out_ptr": f"*{dtype}", "codes_ptr": "*i32", "stride_xb": "i64",
-                   "stride_xg": "i64", "stride_wi": "i64", "stride_wo": "i32",
-                   "stride_ob": "i64", "stride_og": "i64", "stride_cb": "i64",
-                   "G": "i32", "DIM": "i32", "N": "i32"},
+        signature={
+            "x_ptr": f"*{dtype}",
+            "w_in_ptr": f"*{dtype}",
+            "b_in_ptr": f"*{dtype}",
+            "w_out_ptr": f"*{dtype}",
+            "b_out_ptr": f"*{dtype}",
+            "ftab_ptr": "*fp32",
+            "out_ptr": f"*{dtype}",
+            "codes_ptr": "*i32",
+            "stride_xb": "i64",
+            "stride_xg": "i64",
+            "stride_wi": "i64",
+            "stride_wo": "i32",
+            "stride_ob": "i64",
+            "stride_og": "i64",
+            "stride_cb": "i64",
+            "G": "i32",
+            "DIM": "i32",
+            "N": "i32",
+        },
         constexprs={"NP": 8, "BLOCK_G": BLOCK_G, "BLOCK_K": BLOCK_K, "BLOCK_D": BLOCK_D},
-        aligned=("x_ptr", "w_in_ptr", "b_in_ptr", "w_out_ptr", "b_out_ptr", "ftab_ptr",
-                 "out_ptr", "codes_ptr", "stride_xb", "stride_xg", "stride_wi", "stride_ob",
-                 "stride_og", "stride_cb", "DIM"),
+        aligned=(
+            "x_ptr",
+            "w_in_ptr",
+            "b_in_ptr",
+            "w_out_ptr",
+            "b_out_ptr",
+            "ftab_ptr",
+            "out_ptr",
+            "codes_ptr",
+            "stride_xb",
+            "stride_xg",
+            "stride_wi",
+            "stride_ob",
+            "stride_og",
+            "stride_cb",
+            "DIM",
+        ),
         num_warps=NUM_WARPS,
         options={"enable_fp_fusion": False},
         shape=f"x [{_B},{_G},{_DIM}] {dtype}, levels [8]*5",
@@ -407,13 +530,32 @@ AOT_SPECS = [
     AotSpec(
         name="fsq_decode fp32",
         kernel=_fsq_decode_kernel,
-        signature={"codes_ptr": "*i32", "w_out_ptr": "*fp32", "b_out_ptr": "*fp32",
-                   "itab_ptr": "*i64", "out_ptr": "*fp32", "stride_cb": "i64",
-                   "stride_wo": "i32", "stride_ob": "i64", "stride_og": "i64",
-                   "G": "i32", "DIM": "i32", "N": "i32"},
+        signature={
+            "codes_ptr": "*i32",
+            "w_out_ptr": "*fp32",
+            "b_out_ptr": "*fp32",
+            "itab_ptr": "*i64",
+            "out_ptr": "*fp32",
+            "stride_cb": "i64",
+            "stride_wo": "i32",
+            "stride_ob": "i64",
+            "stride_og": "i64",
+            "G": "i32",
+            "DIM": "i32",
+            "N": "i32",
+        },
         constexprs={"NP": 8, "BLOCK_G": BLOCK_G, "BLOCK_D": BLOCK_D},
-        aligned=("codes_ptr", "w_out_ptr", "b_out_ptr", "itab_ptr", "out_ptr", "stride_cb",
-                 "stride_ob", "stride_og", "DIM"),
+        aligned=(
+            "codes_ptr",
+            "w_out_ptr",
+            "b_out_ptr",
+            "itab_ptr",
+            "out_ptr",
+            "stride_cb",
+            "stride_ob",
+            "stride_og",
+            "DIM",
+        ),
         num_warps=NUM_WARPS,
         options={"enable_fp_fusion": False},
         shape=f"codes [{_B},{_G}] int32 -> [{_B},{_G},{_DIM}] fp32, levels [8]*5",

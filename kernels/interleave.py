@@ -44,12 +44,23 @@ NUM_WARPS = 4
 
 @triton.jit
 def _interleave_kernel(
-    x_ptr, means_ptr, emb_ptr, gid_ptr, len_ptr, ngroups_ptr, out_ptr,
-    stride_xb, stride_xt,
-    stride_mb, stride_mg,
+    x_ptr,
+    means_ptr,
+    emb_ptr,
+    gid_ptr,
+    len_ptr,
+    ngroups_ptr,
+    out_ptr,
+    stride_xb,
+    stride_xt,
+    stride_mb,
+    stride_mg,
     stride_ib,
-    stride_ob, stride_op,
-    T, G, D,
+    stride_ob,
+    stride_op,
+    T,
+    G,
+    D,
     HAS_FRAMES: tl.constexpr,
     HAS_EMB: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -76,31 +87,47 @@ def _interleave_kernel(
     out_row = out_ptr + b * stride_ob
     pos = (i.to(tl.int64) + gid)[:, None] * stride_op + d[None, :]
     if HAS_FRAMES:
-        frame = tl.load(x_ptr + b * stride_xb + i.to(tl.int64)[:, None] * stride_xt + d[None, :],
-                        mask=live[:, None] & dm, other=0.0)
+        frame = tl.load(
+            x_ptr + b * stride_xb + i.to(tl.int64)[:, None] * stride_xt + d[None, :],
+            mask=live[:, None] & dm,
+            other=0.0,
+        )
     else:
         frame = tl.zeros([BLOCK_T, BLOCK_D], dtype=out_ptr.dtype.element_ty)
     tl.store(out_row + pos, frame.to(out_ptr.dtype.element_ty), mask=live[:, None] & dm)
-    q = tl.load(means_ptr + b * stride_mb + gid[:, None] * stride_mg + d[None, :],
-                mask=is_end[:, None] & dm, other=0.0).to(tl.float32)
+    q = tl.load(
+        means_ptr + b * stride_mb + gid[:, None] * stride_mg + d[None, :],
+        mask=is_end[:, None] & dm,
+        other=0.0,
+    ).to(tl.float32)
     if HAS_EMB:
         q += tl.load(emb_ptr + d, mask=d < D, other=0.0).to(tl.float32)[None, :]
     tl.store(out_row + pos + stride_op, q.to(out_ptr.dtype.element_ty), mask=is_end[:, None] & dm)
     n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), T)
     tail = (i >= n + tl.load(ngroups_ptr + b)) & (i < T + G)
     zero = tl.zeros([BLOCK_T, BLOCK_D], dtype=out_ptr.dtype.element_ty)
-    tl.store(out_row + i.to(tl.int64)[:, None] * stride_op + d[None, :], zero,
-             mask=tail[:, None] & dm)
+    tl.store(
+        out_row + i.to(tl.int64)[:, None] * stride_op + d[None, :], zero, mask=tail[:, None] & dm
+    )
 
 
 @triton.jit
 def _deinterleave_kernel(
-    y_ptr, gid_ptr, ngroups_ptr, xg_ptr, q_ptr,
-    stride_yb, stride_yp,
+    y_ptr,
+    gid_ptr,
+    ngroups_ptr,
+    xg_ptr,
+    q_ptr,
+    stride_yb,
+    stride_yp,
     stride_ib,
-    stride_xb, stride_xt,
-    stride_qb, stride_qg,
-    T, G, D,
+    stride_xb,
+    stride_xt,
+    stride_qb,
+    stride_qg,
+    T,
+    G,
+    D,
     HAS_FRAMES: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -124,14 +151,20 @@ def _deinterleave_kernel(
     y_rows = y_ptr + b * stride_yb + (i.to(tl.int64) + gid)[:, None] * stride_yp + d[None, :]
     if HAS_FRAMES:
         frame = tl.load(y_rows, mask=live[:, None] & dm, other=0.0)
-        tl.store(xg_ptr + b * stride_xb + i.to(tl.int64)[:, None] * stride_xt + d[None, :],
-                 frame, mask=(i < T)[:, None] & dm)
+        tl.store(
+            xg_ptr + b * stride_xb + i.to(tl.int64)[:, None] * stride_xt + d[None, :],
+            frame,
+            mask=(i < T)[:, None] & dm,
+        )
     q_row = q_ptr + b * stride_qb
     q = tl.load(y_rows + stride_yp, mask=is_end[:, None] & dm, other=0.0)
     tl.store(q_row + gid[:, None] * stride_qg + d[None, :], q, mask=is_end[:, None] & dm)
     empty = (i >= tl.load(ngroups_ptr + b)) & (i < G)
-    tl.store(q_row + i.to(tl.int64)[:, None] * stride_qg + d[None, :],
-             tl.zeros([BLOCK_T, BLOCK_D], dtype=q_ptr.dtype.element_ty), mask=empty[:, None] & dm)
+    tl.store(
+        q_row + i.to(tl.int64)[:, None] * stride_qg + d[None, :],
+        tl.zeros([BLOCK_T, BLOCK_D], dtype=q_ptr.dtype.element_ty),
+        mask=empty[:, None] & dm,
+    )
 
 
 # ----------------------------------------------------------------------------- validation
@@ -158,8 +191,10 @@ def _check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
 def _check_inner_contiguous(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last dimension (stride 1) for the "
-                             f"Triton kernel, got strides {list(t.stride())}: call .contiguous()")
+            raise ValueError(
+                f"{name} must have a contiguous last dimension (stride 1) for the "
+                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
+            )
 
 
 def _check_segments(group_ids, num_groups, batch: int, frames: int, device) -> None:
@@ -201,11 +236,17 @@ def interleave_torch(x, means, embedding, group_ids, num_groups) -> torch.Tensor
         queries = queries + embedding.float()
     gid = group_ids.clamp(min=0).unsqueeze(-1).expand(-1, -1, dim)
     out = means.new_zeros(batch, frames + groups, dim)
-    out.scatter_(1, torch.where(end, frame_pos + 1, frame_pos).unsqueeze(-1).expand(-1, -1, dim),
-                 torch.gather(queries, 1, gid).to(means.dtype))
+    out.scatter_(
+        1,
+        torch.where(end, frame_pos + 1, frame_pos).unsqueeze(-1).expand(-1, -1, dim),
+        torch.gather(queries, 1, gid).to(means.dtype),
+    )
     values = out.new_zeros(()) if x is None else torch.where(live.unsqueeze(-1), x, 0.0)
-    out.scatter_(1, frame_pos.unsqueeze(-1).expand(-1, -1, dim),
-                 values.to(means.dtype).expand(batch, frames, dim))
+    out.scatter_(
+        1,
+        frame_pos.unsqueeze(-1).expand(-1, -1, dim),
+        values.to(means.dtype).expand(batch, frames, dim),
+    )
     return out
 
 
@@ -217,13 +258,15 @@ def deinterleave_torch(y, group_ids, num_groups, with_frames: bool):
     live, frame_pos, end = _query_positions(group_ids, groups)
     xg = None
     if with_frames:
-        xg = torch.gather(y, 1, frame_pos.clamp(max=y.shape[1] - 1).unsqueeze(-1)
-                          .expand(-1, -1, dim))
+        xg = torch.gather(
+            y, 1, frame_pos.clamp(max=y.shape[1] - 1).unsqueeze(-1).expand(-1, -1, dim)
+        )
         xg = torch.where(live.unsqueeze(-1), xg, 0.0).to(y.dtype)
     qpos = torch.zeros(batch, groups + 1, dtype=torch.long, device=y.device)
     qpos.scatter_(1, torch.where(end, group_ids, groups), frame_pos + 1)
-    q = torch.gather(y, 1, qpos[:, :groups].clamp(max=y.shape[1] - 1).unsqueeze(-1)
-                     .expand(-1, -1, dim))
+    q = torch.gather(
+        y, 1, qpos[:, :groups].clamp(max=y.shape[1] - 1).unsqueeze(-1).expand(-1, -1, dim)
+    )
     g = torch.arange(groups, device=y.device).view(1, -1)
     q = torch.where((g < num_groups.view(-1, 1)).unsqueeze(-1), q, 0.0).to(y.dtype)
     return xg, q
@@ -249,14 +292,28 @@ def _launch_interleave(x, means, embedding, group_ids, lengths, num_groups) -> t
     emb = means if embedding is None else embedding.contiguous()
     grid = (triton.cdiv(frames + groups, BLOCK_T), batch, triton.cdiv(dim, BLOCK_D))
     _interleave_kernel[grid](
-        x_arg, means, emb, group_ids, lengths, num_groups, out,
-        x_arg.stride(0), x_arg.stride(1),
-        means.stride(0), means.stride(1),
+        x_arg,
+        means,
+        emb,
+        group_ids,
+        lengths,
+        num_groups,
+        out,
+        x_arg.stride(0),
+        x_arg.stride(1),
+        means.stride(0),
+        means.stride(1),
         group_ids.stride(0),
-        out.stride(0), out.stride(1),
-        frames, groups, dim,
-        HAS_FRAMES=x is not None, HAS_EMB=embedding is not None,
-        BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, num_warps=NUM_WARPS,
+        out.stride(0),
+        out.stride(1),
+        frames,
+        groups,
+        dim,
+        HAS_FRAMES=x is not None,
+        HAS_EMB=embedding is not None,
+        BLOCK_T=BLOCK_T,
+        BLOCK_D=BLOCK_D,
+        num_warps=NUM_WARPS,
     )
     return out
 
@@ -273,13 +330,25 @@ def _launch_deinterleave(y, group_ids, num_groups, with_frames: bool):
         return (xg if with_frames else None), q
     grid = (triton.cdiv(max(frames, groups), BLOCK_T), batch, triton.cdiv(dim, BLOCK_D))
     _deinterleave_kernel[grid](
-        y, group_ids, num_groups, xg, q,
-        y.stride(0), y.stride(1),
+        y,
+        group_ids,
+        num_groups,
+        xg,
+        q,
+        y.stride(0),
+        y.stride(1),
         group_ids.stride(0),
-        xg.stride(0), xg.stride(1),
-        q.stride(0), q.stride(1),
-        frames, groups, dim,
-        HAS_FRAMES=with_frames, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, num_warps=NUM_WARPS,
+        xg.stride(0),
+        xg.stride(1),
+        q.stride(0),
+        q.stride(1),
+        frames,
+        groups,
+        dim,
+        HAS_FRAMES=with_frames,
+        BLOCK_T=BLOCK_T,
+        BLOCK_D=BLOCK_D,
+        num_warps=NUM_WARPS,
     )
     return (xg if with_frames else None), q
 
@@ -288,9 +357,15 @@ def _launch_deinterleave(y, group_ids, num_groups, with_frames: bool):
 
 
 @torch.library.custom_op("flexicodec_fast::interleave_queries", mutates_args=())
-def _interleave_op(x: torch.Tensor, means: torch.Tensor, embedding: torch.Tensor,
-                   group_ids: torch.Tensor, lengths: torch.Tensor, num_groups: torch.Tensor,
-                   backend: str) -> torch.Tensor:
+def _interleave_op(
+    x: torch.Tensor,
+    means: torch.Tensor,
+    embedding: torch.Tensor,
+    group_ids: torch.Tensor,
+    lengths: torch.Tensor,
+    num_groups: torch.Tensor,
+    backend: str,
+) -> torch.Tensor:
     if select_backend(backend, x.device) == "triton":
         return _launch_interleave(x, means, embedding, group_ids, lengths, num_groups)
     return interleave_torch(x, means, embedding, group_ids, num_groups)
@@ -302,9 +377,9 @@ def _(x, means, embedding, group_ids, lengths, num_groups, backend):
 
 
 @torch.library.custom_op("flexicodec_fast::interleave_queries_backward", mutates_args=())
-def _interleave_backward_op(grad: torch.Tensor, group_ids: torch.Tensor,
-                            num_groups: torch.Tensor,
-                            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _interleave_backward_op(
+    grad: torch.Tensor, group_ids: torch.Tensor, num_groups: torch.Tensor, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     if select_backend(backend, grad.device) == "triton":
         return _launch_deinterleave(grad, group_ids, num_groups, True)
     return deinterleave_torch(grad, group_ids, num_groups, True)
@@ -313,8 +388,10 @@ def _interleave_backward_op(grad: torch.Tensor, group_ids: torch.Tensor,
 @_interleave_backward_op.register_fake
 def _(grad, group_ids, num_groups, backend):
     batch, frames = group_ids.shape
-    return (grad.new_empty(batch, frames, grad.shape[2]),
-            grad.new_empty(batch, grad.shape[1] - frames, grad.shape[2]))
+    return (
+        grad.new_empty(batch, frames, grad.shape[2]),
+        grad.new_empty(batch, grad.shape[1] - frames, grad.shape[2]),
+    )
 
 
 def _interleave_setup(ctx, inputs, output):
@@ -326,20 +403,29 @@ def _interleave_setup(ctx, inputs, output):
 
 def _interleave_backward(ctx, grad):
     group_ids, num_groups = ctx.saved_tensors
-    grad_x, grad_means = _interleave_backward_op(grad.contiguous(), group_ids, num_groups,
-                                                 ctx.backend)
+    grad_x, grad_means = _interleave_backward_op(
+        grad.contiguous(), group_ids, num_groups, ctx.backend
+    )
     # Rows past an item's groups are 0, so the plain sum is over the placed queries only.
     grad_emb = grad_means.float().sum((0, 1)).to(ctx.dtypes[2])
-    return (grad_x.to(ctx.dtypes[0]), grad_means.to(ctx.dtypes[1]), grad_emb,
-            None, None, None, None)
+    return (
+        grad_x.to(ctx.dtypes[0]),
+        grad_means.to(ctx.dtypes[1]),
+        grad_emb,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 _interleave_op.register_autograd(_interleave_backward, setup_context=_interleave_setup)
 
 
 @torch.library.custom_op("flexicodec_fast::retrieve_queries", mutates_args=())
-def _retrieve_op(y: torch.Tensor, group_ids: torch.Tensor, num_groups: torch.Tensor,
-                 backend: str) -> torch.Tensor:
+def _retrieve_op(
+    y: torch.Tensor, group_ids: torch.Tensor, num_groups: torch.Tensor, backend: str
+) -> torch.Tensor:
     if select_backend(backend, y.device) == "triton":
         return _launch_deinterleave(y, group_ids, num_groups, False)[1]
     return deinterleave_torch(y, group_ids, num_groups, False)[1]
@@ -351,8 +437,9 @@ def _(y, group_ids, num_groups, backend):
 
 
 @torch.library.custom_op("flexicodec_fast::retrieve_queries_backward", mutates_args=())
-def _retrieve_backward_op(grad: torch.Tensor, group_ids: torch.Tensor,
-                          num_groups: torch.Tensor, backend: str) -> torch.Tensor:
+def _retrieve_backward_op(
+    grad: torch.Tensor, group_ids: torch.Tensor, num_groups: torch.Tensor, backend: str
+) -> torch.Tensor:
     # No frames (their rows are 0) and no embedding: the query rows carry the gradient,
     # every other row, the tail included, is 0.
     if select_backend(backend, grad.device) == "triton":
@@ -374,8 +461,12 @@ def _retrieve_setup(ctx, inputs, output):
 
 def _retrieve_backward(ctx, grad):
     group_ids, num_groups = ctx.saved_tensors
-    return _retrieve_backward_op(grad.contiguous(), group_ids, num_groups, ctx.backend), \
-        None, None, None
+    return (
+        _retrieve_backward_op(grad.contiguous(), group_ids, num_groups, ctx.backend),
+        None,
+        None,
+        None,
+    )
 
 
 _retrieve_op.register_autograd(_retrieve_backward, setup_context=_retrieve_setup)
@@ -384,9 +475,16 @@ _retrieve_op.register_autograd(_retrieve_backward, setup_context=_retrieve_setup
 # ----------------------------------------------------------------------------- public API
 
 
-def interleave(x: torch.Tensor, means: torch.Tensor, embedding: torch.Tensor,
-               group_ids: torch.Tensor, lengths: torch.Tensor, num_groups: torch.Tensor, *,
-               backend: str = "auto") -> torch.Tensor:
+def interleave(
+    x: torch.Tensor,
+    means: torch.Tensor,
+    embedding: torch.Tensor,
+    group_ids: torch.Tensor,
+    lengths: torch.Tensor,
+    num_groups: torch.Tensor,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Aggregator input `[B, T + G, D]`: frames at `t + gid[t]`, queries `means[g] +
     embedding` right after their group's last frame, zeros from `len + num_groups` on.
 
@@ -410,20 +508,24 @@ def interleave(x: torch.Tensor, means: torch.Tensor, embedding: torch.Tensor,
     return _interleave_op(x, means, embedding, group_ids, lengths, num_groups, backend)
 
 
-def retrieve(y: torch.Tensor, group_ids: torch.Tensor, num_groups: torch.Tensor, *,
-             backend: str = "auto") -> torch.Tensor:
+def retrieve(
+    y: torch.Tensor, group_ids: torch.Tensor, num_groups: torch.Tensor, *, backend: str = "auto"
+) -> torch.Tensor:
     """Query outputs `[B, G, D]` of a `[B, T + G, D]` aggregator output (T from group_ids
     `[B, T]`), `y[b, end_g + g + 1]` for g < num_groups[b], 0 after. Differentiable in y.
     Registered as `torch.ops.flexicodec_fast.retrieve_queries`."""
     _check_tensor("y", y, 3, "float")
     batch = y.shape[0]
     if not isinstance(group_ids, torch.Tensor) or group_ids.dim() != 2:
-        raise ValueError(f"group_ids must be a [B, T] tensor, got "
-                         f"{getattr(group_ids, 'shape', type(group_ids).__name__)}")
+        raise ValueError(
+            f"group_ids must be a [B, T] tensor, got "
+            f"{getattr(group_ids, 'shape', type(group_ids).__name__)}"
+        )
     frames = group_ids.shape[1]
     if y.shape[1] < frames:
-        raise ValueError(f"y must be [B, T + G, D] with T = {frames} (group_ids' T), got "
-                         f"shape {list(y.shape)}")
+        raise ValueError(
+            f"y must be [B, T + G, D] with T = {frames} (group_ids' T), got shape {list(y.shape)}"
+        )
     _check_segments(group_ids, num_groups, batch, frames, y.device)
     select_backend(backend, y.device)
     return _retrieve_op(y, group_ids, num_groups, backend)
@@ -436,20 +538,48 @@ def retrieve(y: torch.Tensor, group_ids: torch.Tensor, num_groups: torch.Tensor,
 _B, _T, _D, _G = 8, 45000, 512, 30000
 _IDX = _B * _T * 8 * 2  # group ids, read twice (the shifted read hits the cache)
 
+
 def _interleave_spec(dtype: str, size: int) -> AotSpec:
     return AotSpec(
         name=f"interleave {dtype}",
         kernel=_interleave_kernel,
-        signature={"x_ptr": f"*{dtype}", "means_ptr": f"*{dtype}", "emb_ptr": "*fp32",
-                   "gid_ptr": "*i64", "len_ptr": "*i64", "ngroups_ptr": "*i64",
-                   "out_ptr": f"*{dtype}", "stride_xb": "i64", "stride_xt": "i64",
-                   "stride_mb": "i64", "stride_mg": "i64", "stride_ib": "i64",
-                   "stride_ob": "i64", "stride_op": "i64", "T": "i32", "G": "i32", "D": "i32"},
-        constexprs={"HAS_FRAMES": True, "HAS_EMB": True, "BLOCK_T": BLOCK_T,
-                    "BLOCK_D": BLOCK_D},
-        aligned=("x_ptr", "means_ptr", "emb_ptr", "gid_ptr", "len_ptr", "ngroups_ptr",
-                 "out_ptr", "stride_xb", "stride_xt", "stride_mb", "stride_mg", "stride_ib",
-                 "stride_ob", "stride_op", "D"),
+        signature={
+            "x_ptr": f"*{dtype}",
+            "means_ptr": f"*{dtype}",
+            "emb_ptr": "*fp32",
+            "gid_ptr": "*i64",
+            "len_ptr": "*i64",
+            "ngroups_ptr": "*i64",
+            "out_ptr": f"*{dtype}",
+            "stride_xb": "i64",
+            "stride_xt": "i64",
+            "stride_mb": "i64",
+            "stride_mg": "i64",
+            "stride_ib": "i64",
+            "stride_ob": "i64",
+            "stride_op": "i64",
+            "T": "i32",
+            "G": "i32",
+            "D": "i32",
+        },
+        constexprs={"HAS_FRAMES": True, "HAS_EMB": True, "BLOCK_T": BLOCK_T, "BLOCK_D": BLOCK_D},
+        aligned=(
+            "x_ptr",
+            "means_ptr",
+            "emb_ptr",
+            "gid_ptr",
+            "len_ptr",
+            "ngroups_ptr",
+            "out_ptr",
+            "stride_xb",
+            "stride_xt",
+            "stride_mb",
+            "stride_mg",
+            "stride_ib",
+            "stride_ob",
+            "stride_op",
+            "D",
+        ),
         num_warps=NUM_WARPS,
         shape=f"x [{_B},{_T},{_D}] + means ({_G} live groups) -> [{_B},{2 * _T},{_D}] {dtype}",
         bytes=(_B * _T * _D + _B * _G * _D + 2 * _B * _T * _D) * size + _IDX,
@@ -464,17 +594,42 @@ AOT_SPECS = [
     AotSpec(
         name="retrieve / interleave_bwd fp32",
         kernel=_deinterleave_kernel,
-        signature={"y_ptr": "*fp32", "gid_ptr": "*i64", "ngroups_ptr": "*i64",
-                   "xg_ptr": "*fp32", "q_ptr": "*fp32", "stride_yb": "i64", "stride_yp": "i64",
-                   "stride_ib": "i64", "stride_xb": "i64", "stride_xt": "i64",
-                   "stride_qb": "i64", "stride_qg": "i64", "T": "i32", "G": "i32", "D": "i32"},
+        signature={
+            "y_ptr": "*fp32",
+            "gid_ptr": "*i64",
+            "ngroups_ptr": "*i64",
+            "xg_ptr": "*fp32",
+            "q_ptr": "*fp32",
+            "stride_yb": "i64",
+            "stride_yp": "i64",
+            "stride_ib": "i64",
+            "stride_xb": "i64",
+            "stride_xt": "i64",
+            "stride_qb": "i64",
+            "stride_qg": "i64",
+            "T": "i32",
+            "G": "i32",
+            "D": "i32",
+        },
         constexprs={"HAS_FRAMES": True, "BLOCK_T": BLOCK_T, "BLOCK_D": BLOCK_D},
-        aligned=("y_ptr", "gid_ptr", "ngroups_ptr", "xg_ptr", "q_ptr", "stride_yb",
-                 "stride_yp", "stride_ib", "stride_xb", "stride_xt", "stride_qb", "stride_qg",
-                 "D"),
+        aligned=(
+            "y_ptr",
+            "gid_ptr",
+            "ngroups_ptr",
+            "xg_ptr",
+            "q_ptr",
+            "stride_yb",
+            "stride_yp",
+            "stride_ib",
+            "stride_xb",
+            "stride_xt",
+            "stride_qb",
+            "stride_qg",
+            "D",
+        ),
         num_warps=NUM_WARPS,
         shape=f"grad [{_B},{2 * _T},{_D}] -> frames [{_B},{_T},{_D}] + queries "
-              f"[{_B},{_T},{_D}] fp32",
+        f"[{_B},{_T},{_D}] fp32",
         bytes=(_B * (_T + _G) * _D + 2 * _B * _T * _D) * 4 + _IDX,
         flops=0,
         expect_ldg128=True,

@@ -61,10 +61,14 @@ NUM_WARPS = 4
 
 @triton.jit
 def _adjacent_cosine_kernel(
-    h_ptr, len_ptr, sim_ptr,
-    stride_hb, stride_ht,
+    h_ptr,
+    len_ptr,
+    sim_ptr,
+    stride_hb,
+    stride_ht,
     stride_sb,
-    T, D,
+    T,
+    D,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -113,9 +117,19 @@ def _max_combine(a, b):
 
 @triton.jit
 def _segment_scan_kernel(
-    sim_ptr, len_ptr, gid_ptr, tlen_ptr, gstart_ptr, ngroups_ptr,
-    stride_sb, stride_ib, stride_lb, stride_gsb,
-    T, threshold, max_tokens,
+    sim_ptr,
+    len_ptr,
+    gid_ptr,
+    tlen_ptr,
+    gstart_ptr,
+    ngroups_ptr,
+    stride_sb,
+    stride_ib,
+    stride_lb,
+    stride_gsb,
+    T,
+    threshold,
+    max_tokens,
     HAS_MAX: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
@@ -155,8 +169,7 @@ def _segment_scan_kernel(
         is_start = is_start & valid
         is_end = is_end & valid
         gid = groups + tl.cumsum(is_start.to(tl.int32), 0) - 1
-        tl.store(gid_ptr + b * stride_ib + t, tl.where(valid, gid, -1).to(tl.int64),
-                 mask=t < T)
+        tl.store(gid_ptr + b * stride_ib + t, tl.where(valid, gid, -1).to(tl.int64), mask=t < T)
         # A group's length and first frame are known at its last frame.
         tl.store(tlen_row + gid, (t - first + 1).to(tl.int64), mask=is_end)
         tl.store(gstart_row + gid, first.to(tl.int64), mask=is_end)
@@ -173,11 +186,19 @@ def _segment_scan_kernel(
 
 @triton.jit
 def _group_means_kernel(
-    x_ptr, gstart_ptr, tlen_ptr, ngroups_ptr, out_ptr,
-    stride_xb, stride_xt,
-    stride_gsb, stride_lb,
-    stride_ob, stride_og,
-    G, D,
+    x_ptr,
+    gstart_ptr,
+    tlen_ptr,
+    ngroups_ptr,
+    out_ptr,
+    stride_xb,
+    stride_xt,
+    stride_gsb,
+    stride_lb,
+    stride_ob,
+    stride_og,
+    G,
+    D,
     BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -201,17 +222,27 @@ def _group_means_kernel(
         m = (j < count)[:, None] & (d < D)[None, :]
         acc += tl.load(rows + j * stride_xt, mask=m, other=0.0).to(tl.float32)
     mean = tl.math.div_rn(acc, tl.maximum(count, 1).to(tl.float32)[:, None])
-    tl.store(out_ptr + b * stride_ob + g.to(tl.int64)[:, None] * stride_og + d[None, :],
-             mean.to(out_ptr.dtype.element_ty), mask=(g < G)[:, None] & (d < D)[None, :])
+    tl.store(
+        out_ptr + b * stride_ob + g.to(tl.int64)[:, None] * stride_og + d[None, :],
+        mean.to(out_ptr.dtype.element_ty),
+        mask=(g < G)[:, None] & (d < D)[None, :],
+    )
 
 
 @triton.jit
 def _group_means_bwd_kernel(
-    grad_ptr, gid_ptr, tlen_ptr, gx_ptr,
-    stride_gb, stride_gg,
-    stride_ib, stride_lb,
-    stride_xb, stride_xt,
-    T, D,
+    grad_ptr,
+    gid_ptr,
+    tlen_ptr,
+    gx_ptr,
+    stride_gb,
+    stride_gg,
+    stride_ib,
+    stride_lb,
+    stride_xb,
+    stride_xt,
+    T,
+    D,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -228,11 +259,15 @@ def _group_means_bwd_kernel(
     gid = tl.maximum(gid, 0)
     count = tl.load(tlen_ptr + b * stride_lb + gid, mask=live, other=1)
     m = live[:, None] & (d < D)[None, :]
-    g = tl.load(grad_ptr + b * stride_gb + gid[:, None] * stride_gg + d[None, :], mask=m,
-                other=0.0).to(tl.float32)
+    g = tl.load(
+        grad_ptr + b * stride_gb + gid[:, None] * stride_gg + d[None, :], mask=m, other=0.0
+    ).to(tl.float32)
     gx = tl.math.div_rn(g, count.to(tl.float32)[:, None])
-    tl.store(gx_ptr + b * stride_xb + t.to(tl.int64)[:, None] * stride_xt + d[None, :],
-             gx.to(gx_ptr.dtype.element_ty), mask=(t < T)[:, None] & (d < D)[None, :])
+    tl.store(
+        gx_ptr + b * stride_xb + t.to(tl.int64)[:, None] * stride_xt + d[None, :],
+        gx.to(gx_ptr.dtype.element_ty),
+        mask=(t < T)[:, None] & (d < D)[None, :],
+    )
 
 
 class Segments(NamedTuple):
@@ -286,8 +321,10 @@ def _check_index(name: str, t, shape: tuple[int, ...], device) -> None:
 def _check_inner_contiguous(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last dimension (stride 1) for the "
-                             f"Triton kernel, got strides {list(t.stride())}: call .contiguous()")
+            raise ValueError(
+                f"{name} must have a contiguous last dimension (stride 1) for the "
+                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
+            )
 
 
 def _check_segment_args(h, lengths, threshold, max_tokens_per_group) -> None:
@@ -299,8 +336,9 @@ def _check_segment_args(h, lengths, threshold, max_tokens_per_group) -> None:
         if kind.is_floating_point or kind.is_complex or kind == torch.bool:
             raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
         if tuple(lengths.shape) != (h.shape[0],):
-            raise ValueError(f"lengths must be of shape [B] = [{h.shape[0]}], "
-                             f"got {list(lengths.shape)}")
+            raise ValueError(
+                f"lengths must be of shape [B] = [{h.shape[0]}], got {list(lengths.shape)}"
+            )
         if lengths.device != h.device:
             raise ValueError(f"lengths must be on {h.device} like h, got {lengths.device}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
@@ -308,15 +346,17 @@ def _check_segment_args(h, lengths, threshold, max_tokens_per_group) -> None:
     if max_tokens_per_group is not None and (
         isinstance(max_tokens_per_group, bool) or not isinstance(max_tokens_per_group, int)
     ):
-        raise TypeError(f"max_tokens_per_group must be an int or None, "
-                        f"got {max_tokens_per_group!r}")
+        raise TypeError(
+            f"max_tokens_per_group must be an int or None, got {max_tokens_per_group!r}"
+        )
 
 
 # ----------------------------------------------------------------------------- torch paths
 
 
-def segment_torch(h: torch.Tensor, lengths: torch.Tensor, threshold: float,
-                  max_tokens: int) -> Segments:
+def segment_torch(
+    h: torch.Tensor, lengths: torch.Tensor, threshold: float, max_tokens: int
+) -> Segments:
     """Torch path of `segment`: the reference expressions, with `[B, T]` outputs."""
     batch, frames, _ = h.shape
     device = h.device
@@ -324,8 +364,9 @@ def segment_torch(h: torch.Tensor, lengths: torch.Tensor, threshold: float,
     sim = F.cosine_similarity(h[:, :-1].float(), h[:, 1:].float(), dim=-1)
     t = torch.arange(frames, device=device)
     sim = torch.where(t[1:].view(1, -1) < lengths.view(-1, 1), sim, torch.zeros_like(sim))
-    run_start = torch.cat([torch.ones(batch, 1, dtype=torch.bool, device=device),
-                           sim <= threshold], dim=1)
+    run_start = torch.cat(
+        [torch.ones(batch, 1, dtype=torch.bool, device=device), sim <= threshold], dim=1
+    )
     if max_tokens > 0:
         tt = t.expand(batch, -1)
         run = torch.where(run_start, tt, torch.zeros_like(tt)).cummax(dim=1).values
@@ -344,8 +385,9 @@ def segment_torch(h: torch.Tensor, lengths: torch.Tensor, threshold: float,
     return Segments(sim, gid, token_lengths, starts.long().sum(dim=1), group_starts)
 
 
-def group_means_torch(x: torch.Tensor, group_ids: torch.Tensor,
-                      token_lengths: torch.Tensor) -> torch.Tensor:
+def group_means_torch(
+    x: torch.Tensor, group_ids: torch.Tensor, token_lengths: torch.Tensor
+) -> torch.Tensor:
     """Torch path of the means: the reference's `scatter_add_` (frames added in order), in
     fp32, divided by the clamped count. Returns `[B, G, D]` with G = token_lengths rows."""
     batch, _, dim = x.shape
@@ -356,8 +398,9 @@ def group_means_torch(x: torch.Tensor, group_ids: torch.Tensor,
     return (sums / token_lengths.clamp(min=1).unsqueeze(-1).float()).to(x.dtype)
 
 
-def group_means_backward_torch(grad: torch.Tensor, group_ids: torch.Tensor,
-                               token_lengths: torch.Tensor) -> torch.Tensor:
+def group_means_backward_torch(
+    grad: torch.Tensor, group_ids: torch.Tensor, token_lengths: torch.Tensor
+) -> torch.Tensor:
     """Torch path of the means' backward: each frame gets its group's gradient / count."""
     scaled = grad.float() / token_lengths.clamp(min=1).unsqueeze(-1).float()
     index = group_ids.clamp(min=0).unsqueeze(-1).expand(-1, -1, grad.shape[-1])
@@ -382,17 +425,34 @@ def _launch_segment(h, lengths, threshold, max_tokens) -> Segments:
         return Segments(sim, gid, token_lengths, num_groups, group_starts)
     if frames > 1:
         _adjacent_cosine_kernel[(triton.cdiv(frames - 1, COSINE_BLOCK_T), batch)](
-            h, lengths, sim,
-            h.stride(0), h.stride(1),
+            h,
+            lengths,
+            sim,
+            h.stride(0),
+            h.stride(1),
             sim.stride(0),
-            frames, dim,
-            BLOCK_T=COSINE_BLOCK_T, BLOCK_D=COSINE_BLOCK_D, num_warps=NUM_WARPS,
+            frames,
+            dim,
+            BLOCK_T=COSINE_BLOCK_T,
+            BLOCK_D=COSINE_BLOCK_D,
+            num_warps=NUM_WARPS,
         )
     _segment_scan_kernel[(batch,)](
-        sim, lengths, gid, token_lengths, group_starts, num_groups,
-        sim.stride(0), gid.stride(0), token_lengths.stride(0), group_starts.stride(0),
-        frames, float(threshold), max(max_tokens, 1),
-        HAS_MAX=max_tokens > 0, BLOCK_T=min(SCAN_BLOCK_T, triton.next_power_of_2(max(frames, 1))),
+        sim,
+        lengths,
+        gid,
+        token_lengths,
+        group_starts,
+        num_groups,
+        sim.stride(0),
+        gid.stride(0),
+        token_lengths.stride(0),
+        group_starts.stride(0),
+        frames,
+        float(threshold),
+        max(max_tokens, 1),
+        HAS_MAX=max_tokens > 0,
+        BLOCK_T=min(SCAN_BLOCK_T, triton.next_power_of_2(max(frames, 1))),
         num_warps=NUM_WARPS,
     )
     return Segments(sim, gid, token_lengths, num_groups, group_starts)
@@ -403,7 +463,8 @@ def _launch_means(x, group_starts, token_lengths, num_groups) -> torch.Tensor:
     # Small index and bias tensors are read with unit inner stride: make them so (free when
     # they already are).
     group_starts, token_lengths, num_groups = (
-        t.contiguous() for t in (group_starts, token_lengths, num_groups))
+        t.contiguous() for t in (group_starts, token_lengths, num_groups)
+    )
     batch, _, dim = x.shape
     groups = token_lengths.shape[1]
     out = torch.empty(batch, groups, dim, dtype=x.dtype, device=x.device)
@@ -411,12 +472,22 @@ def _launch_means(x, group_starts, token_lengths, num_groups) -> torch.Tensor:
         return out
     grid = (triton.cdiv(groups, MEANS_BLOCK_G), batch, triton.cdiv(dim, MEANS_BLOCK_D))
     _group_means_kernel[grid](
-        x, group_starts, token_lengths, num_groups, out,
-        x.stride(0), x.stride(1),
-        group_starts.stride(0), token_lengths.stride(0),
-        out.stride(0), out.stride(1),
-        groups, dim,
-        BLOCK_G=MEANS_BLOCK_G, BLOCK_D=MEANS_BLOCK_D, num_warps=NUM_WARPS,
+        x,
+        group_starts,
+        token_lengths,
+        num_groups,
+        out,
+        x.stride(0),
+        x.stride(1),
+        group_starts.stride(0),
+        token_lengths.stride(0),
+        out.stride(0),
+        out.stride(1),
+        groups,
+        dim,
+        BLOCK_G=MEANS_BLOCK_G,
+        BLOCK_D=MEANS_BLOCK_D,
+        num_warps=NUM_WARPS,
     )
     return out
 
@@ -431,12 +502,21 @@ def _launch_means_backward(grad, group_ids, token_lengths, dtype) -> torch.Tenso
         return gx
     grid = (triton.cdiv(frames, MEANS_BLOCK_G), batch, triton.cdiv(dim, MEANS_BLOCK_D))
     _group_means_bwd_kernel[grid](
-        grad, group_ids, token_lengths, gx,
-        grad.stride(0), grad.stride(1),
-        group_ids.stride(0), token_lengths.stride(0),
-        gx.stride(0), gx.stride(1),
-        frames, dim,
-        BLOCK_T=MEANS_BLOCK_G, BLOCK_D=MEANS_BLOCK_D, num_warps=NUM_WARPS,
+        grad,
+        group_ids,
+        token_lengths,
+        gx,
+        grad.stride(0),
+        grad.stride(1),
+        group_ids.stride(0),
+        token_lengths.stride(0),
+        gx.stride(0),
+        gx.stride(1),
+        frames,
+        dim,
+        BLOCK_T=MEANS_BLOCK_G,
+        BLOCK_D=MEANS_BLOCK_D,
+        num_warps=NUM_WARPS,
     )
     return gx
 
@@ -445,9 +525,9 @@ def _launch_means_backward(grad, group_ids, token_lengths, dtype) -> torch.Tenso
 
 
 @torch.library.custom_op("flexicodec_fast::merge_segment", mutates_args=())
-def _segment_op(h: torch.Tensor, lengths: torch.Tensor, threshold: float, max_tokens: int,
-                backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                       torch.Tensor]:
+def _segment_op(
+    h: torch.Tensor, lengths: torch.Tensor, threshold: float, max_tokens: int, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if select_backend(backend, h.device) == "triton":
         return tuple(_launch_segment(h, lengths, threshold, max_tokens))
     return tuple(segment_torch(h, lengths, threshold, max_tokens))
@@ -457,15 +537,24 @@ def _segment_op(h: torch.Tensor, lengths: torch.Tensor, threshold: float, max_to
 def _(h, lengths, threshold, max_tokens, backend):
     batch, frames, _ = h.shape
     long = dict(dtype=torch.long)
-    return (h.new_empty(batch, max(frames - 1, 0), dtype=torch.float32),
-            h.new_empty(batch, frames, **long), h.new_empty(batch, frames, **long),
-            h.new_empty(batch, **long), h.new_empty(batch, frames, **long))
+    return (
+        h.new_empty(batch, max(frames - 1, 0), dtype=torch.float32),
+        h.new_empty(batch, frames, **long),
+        h.new_empty(batch, frames, **long),
+        h.new_empty(batch, **long),
+        h.new_empty(batch, frames, **long),
+    )
 
 
 @torch.library.custom_op("flexicodec_fast::merge_group_means", mutates_args=())
-def _means_op(x: torch.Tensor, group_ids: torch.Tensor, group_starts: torch.Tensor,
-              token_lengths: torch.Tensor, num_groups: torch.Tensor,
-              backend: str) -> torch.Tensor:
+def _means_op(
+    x: torch.Tensor,
+    group_ids: torch.Tensor,
+    group_starts: torch.Tensor,
+    token_lengths: torch.Tensor,
+    num_groups: torch.Tensor,
+    backend: str,
+) -> torch.Tensor:
     if select_backend(backend, x.device) == "triton":
         return _launch_means(x, group_starts, token_lengths, num_groups)
     return group_means_torch(x, group_ids, token_lengths)
@@ -477,8 +566,9 @@ def _(x, group_ids, group_starts, token_lengths, num_groups, backend):
 
 
 @torch.library.custom_op("flexicodec_fast::merge_group_means_backward", mutates_args=())
-def _means_backward_op(grad: torch.Tensor, group_ids: torch.Tensor, token_lengths: torch.Tensor,
-                       backend: str) -> torch.Tensor:
+def _means_backward_op(
+    grad: torch.Tensor, group_ids: torch.Tensor, token_lengths: torch.Tensor, backend: str
+) -> torch.Tensor:
     if select_backend(backend, grad.device) == "triton":
         return _launch_means_backward(grad, group_ids, token_lengths, grad.dtype)
     return group_means_backward_torch(grad, group_ids, token_lengths)
@@ -507,8 +597,14 @@ _means_op.register_autograd(_means_backward, setup_context=_means_setup_context)
 # ----------------------------------------------------------------------------- public API
 
 
-def segment(h: torch.Tensor, lengths: torch.Tensor | None = None, *, threshold: float,
-            max_tokens_per_group: int | None = 8, backend: str = "auto") -> Segments:
+def segment(
+    h: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    threshold: float,
+    max_tokens_per_group: int | None = 8,
+    backend: str = "auto",
+) -> Segments:
     """Merge the frames of `h` `[B, T, D]` into groups (spec §4); see the module docstring.
 
     lengths: `[B]` integer or None (all T frames valid); max_tokens_per_group: None or <= 0
@@ -519,8 +615,7 @@ def segment(h: torch.Tensor, lengths: torch.Tensor | None = None, *, threshold: 
     select_backend(backend, h.device)
     if lengths is None:
         lengths = torch.full((h.shape[0],), h.shape[1], dtype=torch.long, device=h.device)
-    out = _segment_op(h, lengths.long(), float(threshold), int(max_tokens_per_group or 0),
-                      backend)
+    out = _segment_op(h, lengths.long(), float(threshold), int(max_tokens_per_group or 0), backend)
     return Segments(*out)
 
 
@@ -534,28 +629,35 @@ def group_means(x: torch.Tensor, seg: Segments, *, backend: str = "auto") -> tor
     _check_float("x", x)
     batch, frames = seg.group_ids.shape
     if tuple(x.shape[:2]) != (batch, frames):
-        raise ValueError(f"x must be [B, T, D] with [B, T] = {[batch, frames]} (the "
-                         f"segmentation's), got shape {list(x.shape)}")
+        raise ValueError(
+            f"x must be [B, T, D] with [B, T] = {[batch, frames]} (the "
+            f"segmentation's), got shape {list(x.shape)}"
+        )
     for name in ("group_ids", "token_lengths", "group_starts"):
         _check_index(name, getattr(seg, name), (batch, frames), x.device)
     _check_index("num_groups", seg.num_groups, (batch,), x.device)
     select_backend(backend, x.device)
-    return _means_op(x, seg.group_ids, seg.group_starts, seg.token_lengths, seg.num_groups,
-                     backend)
+    return _means_op(x, seg.group_ids, seg.group_starts, seg.token_lengths, seg.num_groups, backend)
 
 
-def merge(h: torch.Tensor, lengths: torch.Tensor | None = None, *, threshold: float,
-          max_tokens_per_group: int | None = 8, streams: tuple[torch.Tensor, ...] = (),
-          backend: str = "auto") -> Merged:
+def merge(
+    h: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    threshold: float,
+    max_tokens_per_group: int | None = 8,
+    streams: tuple[torch.Tensor, ...] = (),
+    backend: str = "auto",
+) -> Merged:
     """`segment(h, ...)` and the group means of every stream `[B, T, D_i]` (e.g. the semantic
     `h` itself and the acoustic latent). Returns `Merged`, sized for G = T."""
     if isinstance(streams, torch.Tensor):
-        raise TypeError("streams must be a tuple of tensors, got a single tensor: wrap it, "
-                        "(x,)")
+        raise TypeError("streams must be a tuple of tensors, got a single tensor: wrap it, (x,)")
     for i, x in enumerate(streams):
         _check_float(f"streams[{i}]", x, h.device)
-    seg = segment(h, lengths, threshold=threshold, max_tokens_per_group=max_tokens_per_group,
-                  backend=backend)
+    seg = segment(
+        h, lengths, threshold=threshold, max_tokens_per_group=max_tokens_per_group, backend=backend
+    )
     means = tuple(group_means(x, seg, backend=backend) for x in streams)
     return Merged(*seg, means)
 
@@ -571,14 +673,37 @@ def _means_spec(dtype: str, size: int) -> AotSpec:
     return AotSpec(
         name=f"merge_means {dtype}",
         kernel=_group_means_kernel,
-        signature={"x_ptr": f"*{dtype}", "gstart_ptr": "*i64", "tlen_ptr": "*i64",
-                   "ngroups_ptr": "*i64", "out_ptr": f"*{dtype}",
-                   "stride_xb": "i64", "stride_xt": "i64", "stride_gsb": "i64",
-                   "stride_lb": "i64", "stride_ob": "i64", "stride_og": "i64",
-                   "G": "i32", "D": "i32"},
+        signature={
+            "x_ptr": f"*{dtype}",
+            "gstart_ptr": "*i64",
+            "tlen_ptr": "*i64",
+            "ngroups_ptr": "*i64",
+            "out_ptr": f"*{dtype}",
+            "stride_xb": "i64",
+            "stride_xt": "i64",
+            "stride_gsb": "i64",
+            "stride_lb": "i64",
+            "stride_ob": "i64",
+            "stride_og": "i64",
+            "G": "i32",
+            "D": "i32",
+        },
         constexprs={"BLOCK_G": MEANS_BLOCK_G, "BLOCK_D": MEANS_BLOCK_D},
-        aligned=("x_ptr", "gstart_ptr", "tlen_ptr", "ngroups_ptr", "out_ptr", "stride_xb",
-                 "stride_xt", "stride_gsb", "stride_lb", "stride_ob", "stride_og", "G", "D"),
+        aligned=(
+            "x_ptr",
+            "gstart_ptr",
+            "tlen_ptr",
+            "ngroups_ptr",
+            "out_ptr",
+            "stride_xb",
+            "stride_xt",
+            "stride_gsb",
+            "stride_lb",
+            "stride_ob",
+            "stride_og",
+            "G",
+            "D",
+        ),
         num_warps=NUM_WARPS,
         shape=f"x [{_B},{_T},{_D}] {dtype} -> [{_B},{_T},{_D}] (G = {_G} live)",
         bytes=_B * _T * _D * size * 2 + _B * _G * 16,
@@ -591,9 +716,16 @@ AOT_SPECS = [
     AotSpec(
         name="merge_cosine fp32",
         kernel=_adjacent_cosine_kernel,
-        signature={"h_ptr": "*fp32", "len_ptr": "*i64", "sim_ptr": "*fp32",
-                   "stride_hb": "i64", "stride_ht": "i64", "stride_sb": "i64",
-                   "T": "i32", "D": "i32"},
+        signature={
+            "h_ptr": "*fp32",
+            "len_ptr": "*i64",
+            "sim_ptr": "*fp32",
+            "stride_hb": "i64",
+            "stride_ht": "i64",
+            "stride_sb": "i64",
+            "T": "i32",
+            "D": "i32",
+        },
         constexprs={"BLOCK_T": COSINE_BLOCK_T, "BLOCK_D": COSINE_BLOCK_D},
         aligned=("h_ptr", "len_ptr", "sim_ptr", "stride_hb", "stride_ht", "D"),
         num_warps=NUM_WARPS,
@@ -607,13 +739,33 @@ AOT_SPECS = [
     AotSpec(
         name="merge_scan",
         kernel=_segment_scan_kernel,
-        signature={"sim_ptr": "*fp32", "len_ptr": "*i64", "gid_ptr": "*i64",
-                   "tlen_ptr": "*i64", "gstart_ptr": "*i64", "ngroups_ptr": "*i64",
-                   "stride_sb": "i64", "stride_ib": "i64", "stride_lb": "i64",
-                   "stride_gsb": "i64", "T": "i32", "threshold": "fp32", "max_tokens": "i32"},
+        signature={
+            "sim_ptr": "*fp32",
+            "len_ptr": "*i64",
+            "gid_ptr": "*i64",
+            "tlen_ptr": "*i64",
+            "gstart_ptr": "*i64",
+            "ngroups_ptr": "*i64",
+            "stride_sb": "i64",
+            "stride_ib": "i64",
+            "stride_lb": "i64",
+            "stride_gsb": "i64",
+            "T": "i32",
+            "threshold": "fp32",
+            "max_tokens": "i32",
+        },
         constexprs={"HAS_MAX": True, "BLOCK_T": SCAN_BLOCK_T},
-        aligned=("sim_ptr", "len_ptr", "gid_ptr", "tlen_ptr", "gstart_ptr", "ngroups_ptr",
-                 "stride_ib", "stride_lb", "stride_gsb"),
+        aligned=(
+            "sim_ptr",
+            "len_ptr",
+            "gid_ptr",
+            "tlen_ptr",
+            "gstart_ptr",
+            "ngroups_ptr",
+            "stride_ib",
+            "stride_lb",
+            "stride_gsb",
+        ),
         num_warps=NUM_WARPS,
         shape=f"sim [{_B},{_T - 1}] -> ids, lengths, starts [{_B},{_T}] int64",
         bytes=_B * _T * (4 + 3 * 8),
@@ -624,13 +776,35 @@ AOT_SPECS = [
     AotSpec(
         name="merge_means_bwd fp32",
         kernel=_group_means_bwd_kernel,
-        signature={"grad_ptr": "*fp32", "gid_ptr": "*i64", "tlen_ptr": "*i64",
-                   "gx_ptr": "*fp32", "stride_gb": "i64", "stride_gg": "i64",
-                   "stride_ib": "i64", "stride_lb": "i64", "stride_xb": "i64",
-                   "stride_xt": "i64", "T": "i32", "D": "i32"},
+        signature={
+            "grad_ptr": "*fp32",
+            "gid_ptr": "*i64",
+            "tlen_ptr": "*i64",
+            "gx_ptr": "*fp32",
+            "stride_gb": "i64",
+            "stride_gg": "i64",
+            "stride_ib": "i64",
+            "stride_lb": "i64",
+            "stride_xb": "i64",
+            "stride_xt": "i64",
+            "T": "i32",
+            "D": "i32",
+        },
         constexprs={"BLOCK_T": MEANS_BLOCK_G, "BLOCK_D": MEANS_BLOCK_D},
-        aligned=("grad_ptr", "gid_ptr", "tlen_ptr", "gx_ptr", "stride_gb", "stride_gg",
-                 "stride_ib", "stride_lb", "stride_xb", "stride_xt", "T", "D"),
+        aligned=(
+            "grad_ptr",
+            "gid_ptr",
+            "tlen_ptr",
+            "gx_ptr",
+            "stride_gb",
+            "stride_gg",
+            "stride_ib",
+            "stride_lb",
+            "stride_xb",
+            "stride_xt",
+            "T",
+            "D",
+        ),
         num_warps=NUM_WARPS,
         shape=f"grad [{_B},{_T},{_D}] fp32 (G = {_G} live) -> [{_B},{_T},{_D}]",
         bytes=_B * _G * _D * 4 + _B * _T * _D * 4 + _B * _T * 16,

@@ -59,8 +59,18 @@ TORCH_CHUNK = 8192  # tokens per distance matrix in the torch path ([chunk, K] f
 
 
 @triton.jit
-def _project_out(v, w_ptr, b_ptr, stride_wd, c, d, dm, CD: tl.constexpr,
-                 BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+def _project_out(
+    v,
+    w_ptr,
+    b_ptr,
+    stride_wd,
+    c,
+    d,
+    dm,
+    CD: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """`v [BLOCK_G, BLOCK_C] @ W[:, :CD]^T + b` as CD rank-1 updates of the `[BLOCK_G, D]`
     output, in column order (an FMA `tl.dot` with N = D holds a whole W slice per thread
     and spills)."""
@@ -74,18 +84,36 @@ def _project_out(v, w_ptr, b_ptr, stride_wd, c, d, dm, CD: tl.constexpr,
 
 @triton.jit
 def _rvq_encode_kernel(
-    x_ptr, in_w_ptr, in_b_ptr, cb_ptr, cbn_ptr, out_w_ptr, out_b_ptr, ngroups_ptr,
-    codes_ptr, q_ptr,
-    stride_xb, stride_xg,
-    stride_iws, stride_iwc,
+    x_ptr,
+    in_w_ptr,
+    in_b_ptr,
+    cb_ptr,
+    cbn_ptr,
+    out_w_ptr,
+    out_b_ptr,
+    ngroups_ptr,
+    codes_ptr,
+    q_ptr,
+    stride_xb,
+    stride_xg,
+    stride_iws,
+    stride_iwc,
     stride_ibs,
-    stride_cs, stride_ck,
-    stride_ns, stride_nk,
-    stride_ows, stride_owd,
+    stride_cs,
+    stride_ck,
+    stride_ns,
+    stride_nk,
+    stride_ows,
+    stride_owd,
     stride_obs,
-    stride_kb, stride_ks,
-    stride_qb, stride_qg,
-    G, D, K, n_stages,
+    stride_kb,
+    stride_ks,
+    stride_qb,
+    stride_qg,
+    G,
+    D,
+    K,
+    n_stages,
     CD: tl.constexpr,
     HAS_NGROUPS: tl.constexpr,
     BLOCK_G: tl.constexpr,
@@ -108,8 +136,11 @@ def _rvq_encode_kernel(
     dm = d < D
     c = tl.arange(0, BLOCK_C)
     cm = c < CD
-    residual = tl.load(x_ptr + b * stride_xb + g.to(tl.int64)[:, None] * stride_xg + d[None, :],
-                       mask=live[:, None] & dm[None, :], other=0.0).to(tl.float32)
+    residual = tl.load(
+        x_ptr + b * stride_xb + g.to(tl.int64)[:, None] * stride_xg + d[None, :],
+        mask=live[:, None] & dm[None, :],
+        other=0.0,
+    ).to(tl.float32)
     qsum = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     codes_row = codes_ptr + b * stride_kb + g
     # A block with no live token skips the work and only writes its zero codes.
@@ -118,8 +149,9 @@ def _rvq_encode_kernel(
         # In-projection: CD reductions over D of the register-resident residual.
         z = tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32)
         for j in tl.static_range(CD):
-            w = tl.load(in_w_ptr + s * stride_iws + j * stride_iwc + d, mask=dm,
-                        other=0.0).to(tl.float32)
+            w = tl.load(in_w_ptr + s * stride_iws + j * stride_iwc + d, mask=dm, other=0.0).to(
+                tl.float32
+            )
             z = tl.where(c[None, :] == j, tl.sum(residual * w[None, :], axis=1)[:, None], z)
         z += tl.load(in_b_ptr + s * stride_ibs + c, mask=cm, other=0.0).to(tl.float32)[None, :]
         norm = tl.maximum(tl.sqrt_rn(tl.sum(z * z, axis=1)), 1e-12)
@@ -130,8 +162,11 @@ def _rvq_encode_kernel(
         for k0 in range(0, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             km = k < K
-            cn = tl.load(cbn_ptr + s * stride_ns + k[None, :] * stride_nk + c[:, None],
-                         mask=cm[:, None] & km[None, :], other=0.0).to(tl.float32)
+            cn = tl.load(
+                cbn_ptr + s * stride_ns + k[None, :] * stride_nk + c[:, None],
+                mask=cm[:, None] & km[None, :],
+                other=0.0,
+            ).to(tl.float32)
             # Scores as an explicit product-and-sum over the CD axis: every code's score is
             # the same reduction, so equal rows tie exactly (a `tl.dot` under the
             # interpreter is a BLAS call whose rounding depends on the column's position).
@@ -146,29 +181,55 @@ def _rvq_encode_kernel(
             best = tl.where(better, block_min, best)
             best_k = tl.where(better, block_arg + k0, best_k)
         tl.store(codes_row + s * stride_ks, tl.where(live, best_k, 0).to(tl.int64), mask=g < G)
-        raw = tl.load(cb_ptr + s * stride_cs + best_k.to(tl.int64)[:, None] * stride_ck
-                      + c[None, :], mask=cm[None, :], other=0.0).to(tl.float32)
+        raw = tl.load(
+            cb_ptr + s * stride_cs + best_k.to(tl.int64)[:, None] * stride_ck + c[None, :],
+            mask=cm[None, :],
+            other=0.0,
+        ).to(tl.float32)
         z_q = z + (raw - z)
-        out = _project_out(z_q, out_w_ptr + s * stride_ows, out_b_ptr + s * stride_obs,
-                           stride_owd, c, d, dm, CD, BLOCK_G, BLOCK_D)
+        out = _project_out(
+            z_q,
+            out_w_ptr + s * stride_ows,
+            out_b_ptr + s * stride_obs,
+            stride_owd,
+            c,
+            d,
+            dm,
+            CD,
+            BLOCK_G,
+            BLOCK_D,
+        )
         residual = residual - out
         qsum = qsum + out
     for s in range(n_run, n_stages):
         tl.store(codes_row + s * stride_ks, tl.zeros([BLOCK_G], dtype=tl.int64), mask=g < G)
-    tl.store(q_ptr + b * stride_qb + g.to(tl.int64)[:, None] * stride_qg + d[None, :],
-             tl.where(live[:, None], qsum, 0.0).to(q_ptr.dtype.element_ty),
-             mask=(g < G)[:, None] & dm[None, :])
+    tl.store(
+        q_ptr + b * stride_qb + g.to(tl.int64)[:, None] * stride_qg + d[None, :],
+        tl.where(live[:, None], qsum, 0.0).to(q_ptr.dtype.element_ty),
+        mask=(g < G)[:, None] & dm[None, :],
+    )
 
 
 @triton.jit
 def _rvq_decode_kernel(
-    codes_ptr, cb_ptr, out_w_ptr, out_b_ptr, q_ptr,
-    stride_kb, stride_ks,
-    stride_cs, stride_ck,
-    stride_ows, stride_owd,
+    codes_ptr,
+    cb_ptr,
+    out_w_ptr,
+    out_b_ptr,
+    q_ptr,
+    stride_kb,
+    stride_ks,
+    stride_cs,
+    stride_ck,
+    stride_ows,
+    stride_owd,
     stride_obs,
-    stride_qb, stride_qg,
-    G, D, K, n_codes,
+    stride_qb,
+    stride_qg,
+    G,
+    D,
+    K,
+    n_codes,
     CD: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -187,12 +248,28 @@ def _rvq_decode_kernel(
     for s in range(0, n_codes):
         code = tl.load(codes_ptr + b * stride_kb + s * stride_ks + g, mask=gm, other=0)
         ok = (code >= 0) & (code < K)
-        raw = tl.load(cb_ptr + s * stride_cs + code.to(tl.int64)[:, None] * stride_ck
-                      + c[None, :], mask=ok[:, None] & cm[None, :], other=0.0).to(tl.float32)
-        acc = acc + _project_out(raw, out_w_ptr + s * stride_ows, out_b_ptr + s * stride_obs,
-                                 stride_owd, c, d, dm, CD, BLOCK_G, BLOCK_D)
-    tl.store(q_ptr + b * stride_qb + g.to(tl.int64)[:, None] * stride_qg + d[None, :],
-             acc.to(q_ptr.dtype.element_ty), mask=gm[:, None] & dm[None, :])
+        raw = tl.load(
+            cb_ptr + s * stride_cs + code.to(tl.int64)[:, None] * stride_ck + c[None, :],
+            mask=ok[:, None] & cm[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        acc = acc + _project_out(
+            raw,
+            out_w_ptr + s * stride_ows,
+            out_b_ptr + s * stride_obs,
+            stride_owd,
+            c,
+            d,
+            dm,
+            CD,
+            BLOCK_G,
+            BLOCK_D,
+        )
+    tl.store(
+        q_ptr + b * stride_qb + g.to(tl.int64)[:, None] * stride_qg + d[None, :],
+        acc.to(q_ptr.dtype.element_ty),
+        mask=gm[:, None] & dm[None, :],
+    )
 
 
 # ----------------------------------------------------------------------------- validation
@@ -212,13 +289,16 @@ def _check_float(name: str, t, shape: tuple[int, ...], device=None) -> None:
 def _check_stages(cb, out_w, out_b, device) -> tuple[int, int, int, int]:
     """Validate the decode-side weights; returns (S, K, CD, D)."""
     if not isinstance(cb, torch.Tensor) or cb.dim() != 3:
-        raise ValueError(f"cb must be a [S, K, CD] tensor, got "
-                         f"{getattr(cb, 'shape', type(cb).__name__)}")
+        raise ValueError(
+            f"cb must be a [S, K, CD] tensor, got {getattr(cb, 'shape', type(cb).__name__)}"
+        )
     stages, size, cdim = cb.shape
     _check_float("cb", cb, cb.shape, device)
     if not isinstance(out_w, torch.Tensor) or out_w.dim() != 3:
-        raise ValueError(f"out_w must be a [S, D, CD] tensor, got "
-                         f"{getattr(out_w, 'shape', type(out_w).__name__)}")
+        raise ValueError(
+            f"out_w must be a [S, D, CD] tensor, got "
+            f"{getattr(out_w, 'shape', type(out_w).__name__)}"
+        )
     dim = out_w.shape[1]
     _check_float("out_w", out_w, (stages, dim, cdim), device)
     _check_float("out_b", out_b, (stages, dim), device)
@@ -228,15 +308,18 @@ def _check_stages(cb, out_w, out_b, device) -> tuple[int, int, int, int]:
 def _check_inner_contiguous(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last dimension (stride 1) for the "
-                             f"Triton kernel, got strides {list(t.stride())}: call .contiguous()")
+            raise ValueError(
+                f"{name} must have a contiguous last dimension (stride 1) for the "
+                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
+            )
 
 
 # ----------------------------------------------------------------------------- torch paths
 
 
-def rvq_encode_torch(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages: int,
-                     num_groups: torch.Tensor | None):
+def rvq_encode_torch(
+    x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages: int, num_groups: torch.Tensor | None
+):
     """Torch path: the reference's stage arithmetic on `[B, D, G]` (1x1 convolutions), the
     distance matrix built `TORCH_CHUNK` tokens at a time. Returns `(codes, q)`."""
     batch, groups, dim = x.shape
@@ -248,11 +331,20 @@ def rvq_encode_torch(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages: int,
         e = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))
         c = cb_norm[s].float()
         c2 = c.pow(2).sum(1, keepdim=True).t()
-        code = torch.cat([
-            (-(e[i:i + TORCH_CHUNK].pow(2).sum(1, keepdim=True)
-               - 2 * e[i:i + TORCH_CHUNK] @ c.t() + c2)).max(1).indices
-            for i in range(0, e.shape[0], TORCH_CHUNK)
-        ]).reshape(batch, groups)
+        code = torch.cat(
+            [
+                (
+                    -(
+                        e[i : i + TORCH_CHUNK].pow(2).sum(1, keepdim=True)
+                        - 2 * e[i : i + TORCH_CHUNK] @ c.t()
+                        + c2
+                    )
+                )
+                .max(1)
+                .indices
+                for i in range(0, e.shape[0], TORCH_CHUNK)
+            ]
+        ).reshape(batch, groups)
         z_c = F.embedding(code, cb[s].float()).transpose(1, 2)
         z_q = z_e + (z_c - z_e)
         out = F.conv1d(z_q, out_w[s].float().unsqueeze(-1), out_b[s].float())
@@ -281,8 +373,9 @@ def rvq_decode_torch(codes, cb, out_w, out_b):
 
 
 def _launch_encode(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups):
-    _check_inner_contiguous(x=x, in_w=in_w, in_b=in_b, cb=cb, cb_norm=cb_norm, out_w=out_w,
-                            out_b=out_b)
+    _check_inner_contiguous(
+        x=x, in_w=in_w, in_b=in_b, cb=cb, cb_norm=cb_norm, out_w=out_w, out_b=out_b
+    )
     batch, groups, dim = x.shape
     _, size, cdim = cb.shape
     if num_groups is not None:
@@ -293,20 +386,44 @@ def _launch_encode(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_group
         return codes, q.zero_()
     ng = codes if num_groups is None else num_groups
     _rvq_encode_kernel[(triton.cdiv(groups, BLOCK_G), batch)](
-        x, in_w, in_b, cb, cb_norm, out_w, out_b, ng, codes, q,
-        x.stride(0), x.stride(1),
-        in_w.stride(0), in_w.stride(1),
+        x,
+        in_w,
+        in_b,
+        cb,
+        cb_norm,
+        out_w,
+        out_b,
+        ng,
+        codes,
+        q,
+        x.stride(0),
+        x.stride(1),
+        in_w.stride(0),
+        in_w.stride(1),
         in_b.stride(0),
-        cb.stride(0), cb.stride(1),
-        cb_norm.stride(0), cb_norm.stride(1),
-        out_w.stride(0), out_w.stride(1),
+        cb.stride(0),
+        cb.stride(1),
+        cb_norm.stride(0),
+        cb_norm.stride(1),
+        out_w.stride(0),
+        out_w.stride(1),
         out_b.stride(0),
-        codes.stride(0), codes.stride(1),
-        q.stride(0), q.stride(1),
-        groups, dim, size, n_stages,
-        CD=cdim, HAS_NGROUPS=num_groups is not None, BLOCK_G=BLOCK_G,
-        BLOCK_D=triton.next_power_of_2(dim), BLOCK_C=triton.next_power_of_2(cdim), BLOCK_K=BLOCK_K,
-        num_warps=NUM_WARPS, enable_fp_fusion=False,
+        codes.stride(0),
+        codes.stride(1),
+        q.stride(0),
+        q.stride(1),
+        groups,
+        dim,
+        size,
+        n_stages,
+        CD=cdim,
+        HAS_NGROUPS=num_groups is not None,
+        BLOCK_G=BLOCK_G,
+        BLOCK_D=triton.next_power_of_2(dim),
+        BLOCK_C=triton.next_power_of_2(cdim),
+        BLOCK_K=BLOCK_K,
+        num_warps=NUM_WARPS,
+        enable_fp_fusion=False,
     )
     return codes, q
 
@@ -320,16 +437,30 @@ def _launch_decode(codes, cb, out_w, out_b):
     if q.numel() == 0:
         return q
     _rvq_decode_kernel[(triton.cdiv(groups, BLOCK_G), batch)](
-        codes, cb, out_w, out_b, q,
-        codes.stride(0), codes.stride(1),
-        cb.stride(0), cb.stride(1),
-        out_w.stride(0), out_w.stride(1),
+        codes,
+        cb,
+        out_w,
+        out_b,
+        q,
+        codes.stride(0),
+        codes.stride(1),
+        cb.stride(0),
+        cb.stride(1),
+        out_w.stride(0),
+        out_w.stride(1),
         out_b.stride(0),
-        q.stride(0), q.stride(1),
-        groups, dim, size, n_codes,
-        CD=cdim, BLOCK_G=BLOCK_G, BLOCK_D=triton.next_power_of_2(dim),
+        q.stride(0),
+        q.stride(1),
+        groups,
+        dim,
+        size,
+        n_codes,
+        CD=cdim,
+        BLOCK_G=BLOCK_G,
+        BLOCK_D=triton.next_power_of_2(dim),
         BLOCK_C=triton.next_power_of_2(cdim),
-        num_warps=DECODE_NUM_WARPS, enable_fp_fusion=False,
+        num_warps=DECODE_NUM_WARPS,
+        enable_fp_fusion=False,
     )
     return q
 
@@ -338,10 +469,18 @@ def _launch_decode(codes, cb, out_w, out_b):
 
 
 @torch.library.custom_op("flexicodec_fast::rvq_encode", mutates_args=())
-def _encode_op(x: torch.Tensor, in_w: torch.Tensor, in_b: torch.Tensor, cb: torch.Tensor,
-               cb_norm: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor,
-               n_stages: int, num_groups: torch.Tensor | None,
-               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_op(
+    x: torch.Tensor,
+    in_w: torch.Tensor,
+    in_b: torch.Tensor,
+    cb: torch.Tensor,
+    cb_norm: torch.Tensor,
+    out_w: torch.Tensor,
+    out_b: torch.Tensor,
+    n_stages: int,
+    num_groups: torch.Tensor | None,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     if select_backend(backend, x.device) == "triton":
         return _launch_encode(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups)
     return rvq_encode_torch(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups)
@@ -349,13 +488,13 @@ def _encode_op(x: torch.Tensor, in_w: torch.Tensor, in_b: torch.Tensor, cb: torc
 
 @_encode_op.register_fake
 def _(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups, backend):
-    return (x.new_empty(x.shape[0], n_stages, x.shape[1], dtype=torch.long),
-            x.new_empty(x.shape))
+    return (x.new_empty(x.shape[0], n_stages, x.shape[1], dtype=torch.long), x.new_empty(x.shape))
 
 
 @torch.library.custom_op("flexicodec_fast::rvq_decode", mutates_args=())
-def _decode_op(codes: torch.Tensor, cb: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor,
-               backend: str) -> torch.Tensor:
+def _decode_op(
+    codes: torch.Tensor, cb: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor, backend: str
+) -> torch.Tensor:
     if select_backend(backend, codes.device) == "triton":
         return _launch_decode(codes, cb, out_w, out_b)
     return rvq_decode_torch(codes, cb, out_w, out_b)
@@ -369,10 +508,19 @@ def _(codes, cb, out_w, out_b, backend):
 # ----------------------------------------------------------------------------- public API
 
 
-def rvq_encode(x: torch.Tensor, in_w: torch.Tensor, in_b: torch.Tensor, cb: torch.Tensor,
-               cb_norm: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor,
-               n_quantizers: int | None = None, num_groups: torch.Tensor | None = None, *,
-               backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def rvq_encode(
+    x: torch.Tensor,
+    in_w: torch.Tensor,
+    in_b: torch.Tensor,
+    cb: torch.Tensor,
+    cb_norm: torch.Tensor,
+    out_w: torch.Tensor,
+    out_b: torch.Tensor,
+    n_quantizers: int | None = None,
+    num_groups: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantise x `[B, G, D]` through the first `n_quantizers` (None: all S) stages.
 
     Returns (codes `[B, n, G]` int64, quantised sum `[B, G, D]` in x's dtype). Weights as in
@@ -381,33 +529,44 @@ def rvq_encode(x: torch.Tensor, in_w: torch.Tensor, in_b: torch.Tensor, cb: torc
     gradient). Registered as `torch.ops.flexicodec_fast.rvq_encode`.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        raise ValueError(f"x must be a [B, G, D] tensor, got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
+        raise ValueError(
+            f"x must be a [B, G, D] tensor, got {getattr(x, 'shape', type(x).__name__)}"
+        )
     _check_float("x", x, x.shape)
     stages, size, cdim, dim = _check_stages(cb, out_w, out_b, x.device)
     if x.shape[2] != dim:
-        raise ValueError(f"x must be [B, G, D] with D = {dim} (out_w's), got shape "
-                         f"{list(x.shape)}")
+        raise ValueError(f"x must be [B, G, D] with D = {dim} (out_w's), got shape {list(x.shape)}")
     _check_float("in_w", in_w, (stages, cdim, dim), x.device)
     _check_float("in_b", in_b, (stages, cdim), x.device)
     _check_float("cb_norm", cb_norm, (stages, size, cdim), x.device)
     n = stages if n_quantizers is None else n_quantizers
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= stages:
-        raise ValueError(f"n_quantizers must be an int in [1, {stages}] or None, got "
-                         f"{n_quantizers!r}")
+        raise ValueError(
+            f"n_quantizers must be an int in [1, {stages}] or None, got {n_quantizers!r}"
+        )
     if num_groups is not None:
         if not isinstance(num_groups, torch.Tensor) or num_groups.dtype != torch.int64:
-            raise TypeError(f"num_groups must be an int64 tensor or None, got "
-                            f"{getattr(num_groups, 'dtype', type(num_groups).__name__)}")
+            raise TypeError(
+                f"num_groups must be an int64 tensor or None, got "
+                f"{getattr(num_groups, 'dtype', type(num_groups).__name__)}"
+            )
         if tuple(num_groups.shape) != (x.shape[0],) or num_groups.device != x.device:
-            raise ValueError(f"num_groups must be [B] = [{x.shape[0]}] on {x.device}, got "
-                             f"shape {list(num_groups.shape)} on {num_groups.device}")
+            raise ValueError(
+                f"num_groups must be [B] = [{x.shape[0]}] on {x.device}, got "
+                f"shape {list(num_groups.shape)} on {num_groups.device}"
+            )
     select_backend(backend, x.device)
     return _encode_op(x, in_w, in_b, cb, cb_norm, out_w, out_b, n, num_groups, backend)
 
 
-def rvq_decode(codes: torch.Tensor, cb: torch.Tensor, out_w: torch.Tensor,
-               out_b: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+def rvq_decode(
+    codes: torch.Tensor,
+    cb: torch.Tensor,
+    out_w: torch.Tensor,
+    out_b: torch.Tensor,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Sum of the stage outputs of codes `[B, K, G]` (int32/int64, 1 <= K <= S): `[B, G, D]`
     in out_w's dtype. Registered as `torch.ops.flexicodec_fast.rvq_decode`."""
     if not isinstance(codes, torch.Tensor):
@@ -416,8 +575,9 @@ def rvq_decode(codes: torch.Tensor, cb: torch.Tensor, out_w: torch.Tensor,
         raise TypeError(f"codes must be int32 or int64, got {codes.dtype}")
     stages, _, _, _ = _check_stages(cb, out_w, out_b, codes.device)
     if codes.dim() != 3 or not 1 <= codes.shape[1] <= stages:
-        raise ValueError(f"codes must be [B, K, G] with 1 <= K <= {stages}, got shape "
-                         f"{list(codes.shape)}")
+        raise ValueError(
+            f"codes must be [B, K, G] with 1 <= K <= {stages}, got shape {list(codes.shape)}"
+        )
     select_backend(backend, codes.device)
     return _decode_op(codes, cb, out_w, out_b, backend)
 
@@ -431,7 +591,10 @@ _TOKENS = _B * _G
 _WEIGHTS = _S * (2 * _CD * _D + _CD + 2 * _K * _CD + _D) * 4
 
 _SIGNATURE_STAGES = {
-    "stride_cs": "i64", "stride_ck": "i32", "stride_ows": "i64", "stride_owd": "i32",
+    "stride_cs": "i64",
+    "stride_ck": "i32",
+    "stride_ows": "i64",
+    "stride_owd": "i32",
     "stride_obs": "i32",
 }
 
@@ -439,22 +602,69 @@ AOT_SPECS = [
     AotSpec(
         name="rvq_encode fp32 (24 stages)",
         kernel=_rvq_encode_kernel,
-        signature={"x_ptr": "*fp32", "in_w_ptr": "*fp32", "in_b_ptr": "*fp32",
-                   "cb_ptr": "*fp32", "cbn_ptr": "*fp32", "out_w_ptr": "*fp32",
-                   "out_b_ptr": "*fp32", "ngroups_ptr": "*i64", "codes_ptr": "*i64",
-                   "q_ptr": "*fp32", "stride_xb": "i64", "stride_xg": "i64",
-                   "stride_iws": "i64", "stride_iwc": "i32", "stride_ibs": "i32",
-                   "stride_ns": "i64", "stride_nk": "i32", "stride_kb": "i64",
-                   "stride_ks": "i64", "stride_qb": "i64", "stride_qg": "i64",
-                   "G": "i32", "D": "i32", "K": "i32", "n_stages": "i32",
-                   **_SIGNATURE_STAGES},
-        constexprs={"CD": _CD, "HAS_NGROUPS": True, "BLOCK_G": BLOCK_G, "BLOCK_D": 512,
-                    "BLOCK_C": 8, "BLOCK_K": BLOCK_K},
-        aligned=("x_ptr", "in_w_ptr", "in_b_ptr", "cb_ptr", "cbn_ptr", "out_w_ptr",
-                 "out_b_ptr", "ngroups_ptr", "codes_ptr", "q_ptr", "stride_xb", "stride_xg",
-                 "stride_iws", "stride_iwc", "stride_ibs", "stride_cs", "stride_ns",
-                 "stride_ows", "stride_obs", "stride_kb", "stride_ks", "stride_qb",
-                 "stride_qg", "D", "K"),
+        signature={
+            "x_ptr": "*fp32",
+            "in_w_ptr": "*fp32",
+            "in_b_ptr": "*fp32",
+            "cb_ptr": "*fp32",
+            "cbn_ptr": "*fp32",
+            "out_w_ptr": "*fp32",
+            "out_b_ptr": "*fp32",
+            "ngroups_ptr": "*i64",
+            "codes_ptr": "*i64",
+            "q_ptr": "*fp32",
+            "stride_xb": "i64",
+            "stride_xg": "i64",
+            "stride_iws": "i64",
+            "stride_iwc": "i32",
+            "stride_ibs": "i32",
+            "stride_ns": "i64",
+            "stride_nk": "i32",
+            "stride_kb": "i64",
+            "stride_ks": "i64",
+            "stride_qb": "i64",
+            "stride_qg": "i64",
+            "G": "i32",
+            "D": "i32",
+            "K": "i32",
+            "n_stages": "i32",
+            **_SIGNATURE_STAGES,
+        },
+        constexprs={
+            "CD": _CD,
+            "HAS_NGROUPS": True,
+            "BLOCK_G": BLOCK_G,
+            "BLOCK_D": 512,
+            "BLOCK_C": 8,
+            "BLOCK_K": BLOCK_K,
+        },
+        aligned=(
+            "x_ptr",
+            "in_w_ptr",
+            "in_b_ptr",
+            "cb_ptr",
+            "cbn_ptr",
+            "out_w_ptr",
+            "out_b_ptr",
+            "ngroups_ptr",
+            "codes_ptr",
+            "q_ptr",
+            "stride_xb",
+            "stride_xg",
+            "stride_iws",
+            "stride_iwc",
+            "stride_ibs",
+            "stride_cs",
+            "stride_ns",
+            "stride_ows",
+            "stride_obs",
+            "stride_kb",
+            "stride_ks",
+            "stride_qb",
+            "stride_qg",
+            "D",
+            "K",
+        ),
         num_warps=NUM_WARPS,
         options={"enable_fp_fusion": False},
         shape=f"x [{_B},{_G},{_D}] fp32, {_S} stages x K={_K} x {_CD}",
@@ -466,15 +676,39 @@ AOT_SPECS = [
     AotSpec(
         name="rvq_decode fp32 (24 stages)",
         kernel=_rvq_decode_kernel,
-        signature={"codes_ptr": "*i64", "cb_ptr": "*fp32", "out_w_ptr": "*fp32",
-                   "out_b_ptr": "*fp32", "q_ptr": "*fp32", "stride_kb": "i64",
-                   "stride_ks": "i64", "stride_qb": "i64", "stride_qg": "i64",
-                   "G": "i32", "D": "i32", "K": "i32", "n_codes": "i32",
-                   **_SIGNATURE_STAGES},
+        signature={
+            "codes_ptr": "*i64",
+            "cb_ptr": "*fp32",
+            "out_w_ptr": "*fp32",
+            "out_b_ptr": "*fp32",
+            "q_ptr": "*fp32",
+            "stride_kb": "i64",
+            "stride_ks": "i64",
+            "stride_qb": "i64",
+            "stride_qg": "i64",
+            "G": "i32",
+            "D": "i32",
+            "K": "i32",
+            "n_codes": "i32",
+            **_SIGNATURE_STAGES,
+        },
         constexprs={"CD": _CD, "BLOCK_G": BLOCK_G, "BLOCK_D": 512, "BLOCK_C": 8},
-        aligned=("codes_ptr", "cb_ptr", "out_w_ptr", "out_b_ptr", "q_ptr", "stride_kb",
-                 "stride_ks", "stride_cs", "stride_ows", "stride_obs", "stride_qb",
-                 "stride_qg", "D", "K"),
+        aligned=(
+            "codes_ptr",
+            "cb_ptr",
+            "out_w_ptr",
+            "out_b_ptr",
+            "q_ptr",
+            "stride_kb",
+            "stride_ks",
+            "stride_cs",
+            "stride_ows",
+            "stride_obs",
+            "stride_qb",
+            "stride_qg",
+            "D",
+            "K",
+        ),
         num_warps=DECODE_NUM_WARPS,
         options={"enable_fp_fusion": False},
         shape=f"codes [{_B},{_S},{_G}] int64 -> [{_B},{_G},{_D}] fp32",

@@ -32,11 +32,17 @@ BWD_NUM_WARPS = 8
 
 @triton.jit
 def _snake_fwd_kernel(
-    x_ptr, alpha_ptr, y_ptr,
-    stride_xb, stride_xc,
+    x_ptr,
+    alpha_ptr,
+    y_ptr,
+    stride_xb,
+    stride_xc,
     stride_ac,
-    stride_yb, stride_yc,
-    C, N, num_blocks,
+    stride_yb,
+    stride_yc,
+    C,
+    N,
+    num_blocks,
     BLOCK_N: tl.constexpr,
 ):
     """Snake forward over one block of `BLOCK_N` samples of one row `(b, c)`.
@@ -57,18 +63,26 @@ def _snake_fwd_kernel(
     inv = tl.math.div_rn(1.0, a + 1e-9)
     s = tl.sin(a * x)
     y = x + inv * (s * s)
-    tl.store(y_ptr + b * stride_yb + c * stride_yc + offs, y.to(y_ptr.dtype.element_ty),
-             mask=mask)
+    tl.store(y_ptr + b * stride_yb + c * stride_yc + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _snake_bwd_kernel(
-    g_ptr, x_ptr, alpha_ptr, gx_ptr, partial_ptr,
-    stride_gb, stride_gc,
-    stride_xb, stride_xc,
+    g_ptr,
+    x_ptr,
+    alpha_ptr,
+    gx_ptr,
+    partial_ptr,
+    stride_gb,
+    stride_gc,
+    stride_xb,
+    stride_xc,
     stride_ac,
-    stride_gxb, stride_gxc,
-    C, N, num_blocks,
+    stride_gxb,
+    stride_gxc,
+    C,
+    N,
+    num_blocks,
     BLOCK_N: tl.constexpr,
 ):
     """Snake backward over one block of `BLOCK_N` samples of one row `(b, c)`.
@@ -93,8 +107,9 @@ def _snake_bwd_kernel(
     gx = g + gu * a
     # Masked lanes loaded g = x = 0, so they add nothing to the sum.
     ga = gu * x - (g * (s * s)) * (inv * inv)
-    tl.store(gx_ptr + b * stride_gxb + c * stride_gxc + offs, gx.to(gx_ptr.dtype.element_ty),
-             mask=mask)
+    tl.store(
+        gx_ptr + b * stride_gxb + c * stride_gxc + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask
+    )
     tl.store(partial_ptr + pid, tl.sum(ga, axis=0))
 
 
@@ -111,26 +126,34 @@ def _check(x: torch.Tensor, alpha: torch.Tensor, grad: torch.Tensor | None = Non
     if x.dim() != 3:
         raise ValueError(f"x must be [B, C, N], got shape {list(x.shape)}")
     if tuple(alpha.shape) != (1, x.shape[1], 1):
-        raise ValueError(f"alpha must be [1, {x.shape[1]}, 1] for x of shape {list(x.shape)}, "
-                         f"got {list(alpha.shape)}")
+        raise ValueError(
+            f"alpha must be [1, {x.shape[1]}, 1] for x of shape {list(x.shape)}, "
+            f"got {list(alpha.shape)}"
+        )
     if grad is not None:
         if grad.shape != x.shape:
-            raise ValueError(f"grad_out must have x's shape {list(x.shape)}, "
-                             f"got {list(grad.shape)}")
+            raise ValueError(
+                f"grad_out must have x's shape {list(x.shape)}, got {list(grad.shape)}"
+            )
         expected = torch.promote_types(x.dtype, alpha.dtype)
         if grad.dtype != expected:
-            raise TypeError(f"grad_out must be {expected} (the forward's output dtype), "
-                            f"got {grad.dtype}")
+            raise TypeError(
+                f"grad_out must be {expected} (the forward's output dtype), got {grad.dtype}"
+            )
 
 
 def _check_inner_contiguous(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last dimension (stride 1) for the "
-                             f"Triton kernel, got strides {list(t.stride())}: call .contiguous()")
+            raise ValueError(
+                f"{name} must have a contiguous last dimension (stride 1) for the "
+                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
+            )
 
 
-def snake_torch(x: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def snake_torch(
+    x: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Torch path of the forward: the reference expression, bit-identical to it, evaluated
     in place in one buffer (`out`, or a new one) instead of five fresh tensors: on CPU the
     unfused expression spends most of its time allocating and zero-filling pages.
@@ -152,26 +175,40 @@ def snake_backward_torch(grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tenso
     gu = grad * inv * (2 * s) * torch.cos(u)
     grad_x = grad + gu * alpha
     grad_alpha = (gu * x).sum((0, 2), keepdim=True) - (grad * s.pow(2)).sum(
-        (0, 2), keepdim=True) * (inv * inv)
+        (0, 2), keepdim=True
+    ) * (inv * inv)
     return grad_x.to(x.dtype), grad_alpha.to(alpha.dtype)
 
 
-def _launch_forward(x: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def _launch_forward(
+    x: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     _check_inner_contiguous(x=x)
     batch, channels, n = x.shape
     # Each element is read before it is written by the same program, so `out` may be `x`.
-    y = out if out is not None else torch.empty(
-        x.shape, dtype=torch.promote_types(x.dtype, alpha.dtype), device=x.device)
+    y = (
+        out
+        if out is not None
+        else torch.empty(x.shape, dtype=torch.promote_types(x.dtype, alpha.dtype), device=x.device)
+    )
     if y.numel() == 0:
         return y
     num_blocks = triton.cdiv(n, BLOCK_N)
     _snake_fwd_kernel[(batch * channels * num_blocks,)](
-        x, alpha, y,
-        x.stride(0), x.stride(1),
+        x,
+        alpha,
+        y,
+        x.stride(0),
+        x.stride(1),
         alpha.stride(1),
-        y.stride(0), y.stride(1),
-        channels, n, num_blocks,
-        BLOCK_N=BLOCK_N, num_warps=NUM_WARPS, enable_fp_fusion=False,
+        y.stride(0),
+        y.stride(1),
+        channels,
+        n,
+        num_blocks,
+        BLOCK_N=BLOCK_N,
+        num_warps=NUM_WARPS,
+        enable_fp_fusion=False,
     )
     return y
 
@@ -185,13 +222,24 @@ def _launch_backward(grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor):
     num_blocks = triton.cdiv(n, BLOCK_N)
     partial = torch.empty(batch, channels, num_blocks, dtype=torch.float32, device=x.device)
     _snake_bwd_kernel[(batch * channels * num_blocks,)](
-        grad, x, alpha, grad_x, partial,
-        grad.stride(0), grad.stride(1),
-        x.stride(0), x.stride(1),
+        grad,
+        x,
+        alpha,
+        grad_x,
+        partial,
+        grad.stride(0),
+        grad.stride(1),
+        x.stride(0),
+        x.stride(1),
         alpha.stride(1),
-        grad_x.stride(0), grad_x.stride(1),
-        channels, n, num_blocks,
-        BLOCK_N=BLOCK_N, num_warps=BWD_NUM_WARPS, enable_fp_fusion=False,
+        grad_x.stride(0),
+        grad_x.stride(1),
+        channels,
+        n,
+        num_blocks,
+        BLOCK_N=BLOCK_N,
+        num_warps=BWD_NUM_WARPS,
+        enable_fp_fusion=False,
     )
     return grad_x, partial.sum((0, 2)).view(1, channels, 1).to(alpha.dtype)
 
@@ -209,8 +257,9 @@ def _(x, alpha, backend):
 
 
 @torch.library.custom_op("flexicodec_fast::snake_backward", mutates_args=())
-def _snake_backward_op(grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor,
-                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _snake_backward_op(
+    grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     if select_backend(backend, x.device) == "triton":
         return _launch_backward(grad, x, alpha)
     return snake_backward_torch(grad, x, alpha)
@@ -251,8 +300,10 @@ def snake_(x: torch.Tensor, alpha: torch.Tensor, *, backend: str = "auto") -> to
     _check(x, alpha)
     select_backend(backend, x.device)
     if torch.promote_types(x.dtype, alpha.dtype) != x.dtype:
-        raise TypeError(f"snake_ writes into x: x's dtype {x.dtype} cannot hold the result of "
-                        f"alpha's {alpha.dtype}; use snake()")
+        raise TypeError(
+            f"snake_ writes into x: x's dtype {x.dtype} cannot hold the result of "
+            f"alpha's {alpha.dtype}; use snake()"
+        )
     _snake_inplace_op(x, alpha, backend)
     return x
 
@@ -269,8 +320,9 @@ def snake(x: torch.Tensor, alpha: torch.Tensor, *, backend: str = "auto") -> tor
     return _snake_op(x, alpha, backend)
 
 
-def snake_backward(grad_out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, *,
-                   backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def snake_backward(
+    grad_out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, *, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients `(grad_x [B, C, N], grad_alpha [1, C, 1])` of `snake` given `grad_out`."""
     _check(x, alpha, grad_out)
     select_backend(backend, x.device)
@@ -288,12 +340,30 @@ def _fwd_spec(dtype: str, size: int) -> AotSpec:
     return AotSpec(
         name=f"snake_fwd {dtype}",
         kernel=_snake_fwd_kernel,
-        signature={"x_ptr": f"*{dtype}", "alpha_ptr": f"*{dtype}", "y_ptr": f"*{dtype}",
-                   "stride_xb": "i64", "stride_xc": "i64", "stride_yb": "i64",
-                   "stride_yc": "i64", "C": "i32", "N": "i32", "num_blocks": "i32"},
+        signature={
+            "x_ptr": f"*{dtype}",
+            "alpha_ptr": f"*{dtype}",
+            "y_ptr": f"*{dtype}",
+            "stride_xb": "i64",
+            "stride_xc": "i64",
+            "stride_yb": "i64",
+            "stride_yc": "i64",
+            "C": "i32",
+            "N": "i32",
+            "num_blocks": "i32",
+        },
         constexprs={"stride_ac": 1, "BLOCK_N": BLOCK_N},
-        aligned=("x_ptr", "alpha_ptr", "y_ptr", "stride_xb", "stride_xc", "stride_yb",
-                 "stride_yc", "C", "N"),
+        aligned=(
+            "x_ptr",
+            "alpha_ptr",
+            "y_ptr",
+            "stride_xb",
+            "stride_xc",
+            "stride_yb",
+            "stride_yc",
+            "C",
+            "N",
+        ),
         num_warps=NUM_WARPS,
         options={"enable_fp_fusion": False},
         shape=f"x [{_B},{_C},{_N}] {dtype}",
@@ -307,14 +377,38 @@ def _bwd_spec(dtype: str, size: int) -> AotSpec:
     return AotSpec(
         name=f"snake_bwd {dtype}",
         kernel=_snake_bwd_kernel,
-        signature={"g_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "alpha_ptr": f"*{dtype}",
-                   "gx_ptr": f"*{dtype}", "partial_ptr": "*fp32",
-                   "stride_gb": "i64", "stride_gc": "i64", "stride_xb": "i64",
-                   "stride_xc": "i64", "stride_gxb": "i64", "stride_gxc": "i64",
-                   "C": "i32", "N": "i32", "num_blocks": "i32"},
+        signature={
+            "g_ptr": f"*{dtype}",
+            "x_ptr": f"*{dtype}",
+            "alpha_ptr": f"*{dtype}",
+            "gx_ptr": f"*{dtype}",
+            "partial_ptr": "*fp32",
+            "stride_gb": "i64",
+            "stride_gc": "i64",
+            "stride_xb": "i64",
+            "stride_xc": "i64",
+            "stride_gxb": "i64",
+            "stride_gxc": "i64",
+            "C": "i32",
+            "N": "i32",
+            "num_blocks": "i32",
+        },
         constexprs={"stride_ac": 1, "BLOCK_N": BLOCK_N},
-        aligned=("g_ptr", "x_ptr", "alpha_ptr", "gx_ptr", "partial_ptr", "stride_gb",
-                 "stride_gc", "stride_xb", "stride_xc", "stride_gxb", "stride_gxc", "C", "N"),
+        aligned=(
+            "g_ptr",
+            "x_ptr",
+            "alpha_ptr",
+            "gx_ptr",
+            "partial_ptr",
+            "stride_gb",
+            "stride_gc",
+            "stride_xb",
+            "stride_xc",
+            "stride_gxb",
+            "stride_gxc",
+            "C",
+            "N",
+        ),
         num_warps=BWD_NUM_WARPS,
         options={"enable_fp_fusion": False},
         shape=f"x, grad [{_B},{_C},{_N}] {dtype}",

@@ -31,12 +31,21 @@ NUM_WARPS = 4
 
 @triton.jit
 def _unmerge_kernel(
-    sem_ptr, ac_ptr, ends_ptr, out_ptr,
-    stride_sb, stride_sg,
-    stride_ab, stride_ag,
+    sem_ptr,
+    ac_ptr,
+    ends_ptr,
+    out_ptr,
+    stride_sb,
+    stride_sg,
+    stride_ab,
+    stride_ag,
     stride_eb,
-    stride_ob, stride_ot,
-    G, T, D, search_steps,
+    stride_ob,
+    stride_ot,
+    G,
+    T,
+    D,
+    search_steps,
     HAS_AC: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -96,19 +105,22 @@ def _check(sem, ac, token_lengths, T) -> None:
     if not isinstance(token_lengths, torch.Tensor):
         raise TypeError(f"token_lengths must be a torch.Tensor, got {type(token_lengths).__name__}")
     if tuple(token_lengths.shape) != tuple(sem.shape[:2]):
-        raise ValueError(f"token_lengths must be [B, G] = {list(sem.shape[:2])}, "
-                         f"got {list(token_lengths.shape)}")
+        raise ValueError(
+            f"token_lengths must be [B, G] = {list(sem.shape[:2])}, got {list(token_lengths.shape)}"
+        )
     if token_lengths.dtype != torch.int64:
         raise TypeError(f"token_lengths must be int64, got {token_lengths.dtype}")
     if token_lengths.device != sem.device:
-        raise ValueError(f"token_lengths must be on {sem.device} like sem, "
-                         f"got {token_lengths.device}")
+        raise ValueError(
+            f"token_lengths must be on {sem.device} like sem, got {token_lengths.device}"
+        )
     if isinstance(T, bool) or not isinstance(T, int) or T < 0:
         raise ValueError(f"T must be an int >= 0, got {T!r}")
 
 
-def unmerge_torch(sem: torch.Tensor, ac: torch.Tensor | None, token_lengths: torch.Tensor,
-                  T: int) -> torch.Tensor:
+def unmerge_torch(
+    sem: torch.Tensor, ac: torch.Tensor | None, token_lengths: torch.Tensor, T: int
+) -> torch.Tensor:
     """Torch path: group of each frame by `searchsorted` on the cumulative lengths, then one
     gather from the per-group sums with a zero row appended for frames past the end.
 
@@ -126,8 +138,10 @@ def unmerge_torch(sem: torch.Tensor, ac: torch.Tensor | None, token_lengths: tor
 def _launch(sem, ac, token_lengths, T) -> torch.Tensor:
     for name, t in (("sem", sem), ("ac", ac)):
         if t is not None and t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last dimension (stride 1) for the "
-                             f"Triton kernel, got strides {list(t.stride())}: call .contiguous()")
+            raise ValueError(
+                f"{name} must have a contiguous last dimension (stride 1) for the "
+                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
+            )
     batch, groups, dim = sem.shape
     out = torch.empty(batch, T, dim, dtype=sem.dtype, device=sem.device)
     if out.numel() == 0:
@@ -135,20 +149,33 @@ def _launch(sem, ac, token_lengths, T) -> torch.Tensor:
     ends = token_lengths.cumsum(1)
     ac_arg = sem if ac is None else ac
     _unmerge_kernel[(triton.cdiv(T, BLOCK_T), batch)](
-        sem, ac_arg, ends, out,
-        sem.stride(0), sem.stride(1),
-        ac_arg.stride(0), ac_arg.stride(1),
+        sem,
+        ac_arg,
+        ends,
+        out,
+        sem.stride(0),
+        sem.stride(1),
+        ac_arg.stride(0),
+        ac_arg.stride(1),
         ends.stride(0),
-        out.stride(0), out.stride(1),
-        groups, T, dim, groups.bit_length(),
-        HAS_AC=ac is not None, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, num_warps=NUM_WARPS,
+        out.stride(0),
+        out.stride(1),
+        groups,
+        T,
+        dim,
+        groups.bit_length(),
+        HAS_AC=ac is not None,
+        BLOCK_T=BLOCK_T,
+        BLOCK_D=BLOCK_D,
+        num_warps=NUM_WARPS,
     )
     return out
 
 
 @torch.library.custom_op("flexicodec_fast::unmerge", mutates_args=())
-def _unmerge_op(sem: torch.Tensor, ac: torch.Tensor | None, token_lengths: torch.Tensor,
-                T: int, backend: str) -> torch.Tensor:
+def _unmerge_op(
+    sem: torch.Tensor, ac: torch.Tensor | None, token_lengths: torch.Tensor, T: int, backend: str
+) -> torch.Tensor:
     if select_backend(backend, sem.device) == "triton":
         return _launch(sem, ac, token_lengths, T)
     return unmerge_torch(sem, ac, token_lengths, T)
@@ -159,8 +186,14 @@ def _(sem, ac, token_lengths, T, backend):
     return sem.new_empty(sem.shape[0], T, sem.shape[2])
 
 
-def unmerge(sem: torch.Tensor, ac: torch.Tensor | None, token_lengths: torch.Tensor, T: int,
-            *, backend: str = "auto") -> torch.Tensor:
+def unmerge(
+    sem: torch.Tensor,
+    ac: torch.Tensor | None,
+    token_lengths: torch.Tensor,
+    T: int,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Repeat each group's `ac + sem` over its frames: `[B, G, D]` x2 -> `[B, T, D]`.
 
     sem, ac: `[B, G, D]` float (ac may be None); token_lengths: `[B, G]` int64 >= 0;
@@ -180,14 +213,39 @@ def _spec(dtype: str, size: int) -> AotSpec:
     return AotSpec(
         name=f"unmerge {dtype}",
         kernel=_unmerge_kernel,
-        signature={"sem_ptr": f"*{dtype}", "ac_ptr": f"*{dtype}", "ends_ptr": "*i64",
-                   "out_ptr": f"*{dtype}", "stride_sb": "i32", "stride_sg": "i32",
-                   "stride_ab": "i32", "stride_ag": "i32", "stride_eb": "i32",
-                   "stride_ob": "i32", "stride_ot": "i32", "G": "i32", "T": "i32", "D": "i32",
-                   "search_steps": "i32"},
+        signature={
+            "sem_ptr": f"*{dtype}",
+            "ac_ptr": f"*{dtype}",
+            "ends_ptr": "*i64",
+            "out_ptr": f"*{dtype}",
+            "stride_sb": "i32",
+            "stride_sg": "i32",
+            "stride_ab": "i32",
+            "stride_ag": "i32",
+            "stride_eb": "i32",
+            "stride_ob": "i32",
+            "stride_ot": "i32",
+            "G": "i32",
+            "T": "i32",
+            "D": "i32",
+            "search_steps": "i32",
+        },
         constexprs={"HAS_AC": True, "BLOCK_T": BLOCK_T, "BLOCK_D": BLOCK_D},
-        aligned=("sem_ptr", "ac_ptr", "ends_ptr", "out_ptr", "stride_sb", "stride_sg",
-                 "stride_ab", "stride_ag", "stride_eb", "stride_ob", "stride_ot", "G", "D"),
+        aligned=(
+            "sem_ptr",
+            "ac_ptr",
+            "ends_ptr",
+            "out_ptr",
+            "stride_sb",
+            "stride_sg",
+            "stride_ab",
+            "stride_ag",
+            "stride_eb",
+            "stride_ob",
+            "stride_ot",
+            "G",
+            "D",
+        ),
         num_warps=NUM_WARPS,
         shape=f"sem, ac [{_B},{_G},{_D}] -> [{_B},{_T},{_D}] {dtype}",
         bytes=2 * _B * _G * _D * size + _B * _G * 8 + _B * _T * _D * size,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import AttentionPattern
+from .attention import FULL, AttentionPattern
 from .merging import Segmentation, group_means
 from .transformer import ProjectedTransformer
 
@@ -64,7 +64,7 @@ class QueryTokenAggregator(nn.Module):
         num_heads: int,
         num_layers: int,
         dim_feedforward: int,
-        pattern: AttentionPattern = AttentionPattern(),
+        pattern: AttentionPattern = FULL,
         use_mean_pooling_init: bool = True,
     ):
         super().__init__()

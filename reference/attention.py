@@ -41,6 +41,9 @@ class AttentionPattern:
         return self.window is None and not self.causal
 
 
+FULL = AttentionPattern()
+
+
 def rope_tables(length: int, head_dim: int, max_period: float = 10000.0, device=None):
     """cos and sin of the rotation angles, each `[length, head_dim // 2]` float32.
 
@@ -97,7 +100,7 @@ def multi_head_attention(
     in_proj_weight: torch.Tensor,
     out_proj_weight: torch.Tensor,
     num_heads: int,
-    pattern: AttentionPattern = AttentionPattern(),
+    pattern: AttentionPattern = FULL,
     lengths: torch.Tensor | None = None,
     max_period: float = 10000.0,
 ) -> torch.Tensor:

@@ -112,11 +112,12 @@ def build_from_state_dicts(
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(
-            "checkpoint does not fit the config: "
-            + (f"missing {len(missing)} key(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}; " if missing else "")
-            + (f"unexpected {len(unexpected)} key(s) {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}" if unexpected else "")
-        )
+        parts = [
+            f"{what} {len(keys)} key(s) {keys[:8]}{' ...' if len(keys) > 8 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise CheckpointError("checkpoint does not fit the config: " + "; ".join(parts))
     wrong = [
         f"{k}: checkpoint {list(state[k].shape)}, config expects {list(v.shape)}"
         for k, v in expected.items()
@@ -124,7 +125,8 @@ def build_from_state_dicts(
     ]
     if wrong:
         raise CheckpointError(
-            f"checkpoint does not fit the config: {len(wrong)} shape mismatch(es): " + "; ".join(wrong[:5])
+            f"checkpoint does not fit the config: {len(wrong)} shape mismatch(es): "
+            + "; ".join(wrong[:5])
         )
     model.load_state_dict(state, strict=True)
     return model.eval(), report

@@ -98,7 +98,10 @@ class FlexiCodecConfig:
             self.latent_dim = self.encoder_dim * 2 ** len(self.encoder_rates)
         if self.max_tokens_per_group is not None and self.max_tokens_per_group <= 0:
             self.max_tokens_per_group = None
-        if self.sensevoice_sim_layer_idx is not None or self.sensevoice_semantic_layer_idx is not None:
+        if (
+            self.sensevoice_sim_layer_idx is not None
+            or self.sensevoice_semantic_layer_idx is not None
+        ):
             raise CheckpointError(
                 "config: sensevoice_sim_layer_idx / sensevoice_semantic_layer_idx must be null "
                 "(layer averaging is not used by any released FlexiCodec), got "
@@ -107,7 +110,9 @@ class FlexiCodecConfig:
         for name in ("encoder_rates", "decoder_rates"):
             rates = getattr(self, name)
             if not rates or any(int(r) < 1 for r in rates):
-                raise CheckpointError(f"config: {name} must be a list of positive ints, got {rates!r}")
+                raise CheckpointError(
+                    f"config: {name} must be a list of positive ints, got {rates!r}"
+                )
             setattr(self, name, [int(r) for r in rates])
 
     @property
@@ -130,7 +135,9 @@ class FlexiCodecConfig:
     @classmethod
     def from_dict(cls, d: dict) -> FlexiCodecConfig:
         if not isinstance(d, dict):
-            raise CheckpointError(f"config: expected a mapping of model options, got {type(d).__name__}")
+            raise CheckpointError(
+                f"config: expected a mapping of model options, got {type(d).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)} - {"unused"}
         unknown = sorted(set(d) - known - _ACCEPTED_AND_UNUSED)
         if unknown:

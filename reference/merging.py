@@ -92,7 +92,9 @@ def segment(
     starts = group_starts(similarity, threshold, max_tokens_per_group)
     valid = torch.arange(frames, device=device).view(1, -1) < lengths.view(-1, 1)
     starts = starts & valid
-    group_ids = torch.where(valid, starts.long().cumsum(dim=1) - 1, torch.full_like(lengths.view(-1, 1), -1))
+    group_ids = torch.where(
+        valid, starts.long().cumsum(dim=1) - 1, torch.full_like(lengths.view(-1, 1), -1)
+    )
     num_groups = starts.long().sum(dim=1)
     max_groups = int(num_groups.max()) if batch else 0
     token_lengths = torch.zeros(batch, max_groups, dtype=torch.long, device=device)
@@ -131,12 +133,16 @@ def group_ids_from_lengths(token_lengths: torch.Tensor, frames: int | None = Non
     return torch.where(t < total, ids, torch.full_like(ids, -1))
 
 
-def expand_groups(tokens: torch.Tensor, token_lengths: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+def expand_groups(
+    tokens: torch.Tensor, token_lengths: torch.Tensor, frames: int | None = None
+) -> torch.Tensor:
     """Repeat each token by its group length (de-aggregation).
 
     tokens: `[B, G, D]`; token_lengths: `[B, G]`. Returns `[B, T, D]`, zero past an item's
     total frames.
     """
     ids = group_ids_from_lengths(token_lengths, frames)
-    gathered = torch.gather(tokens, 1, ids.clamp(min=0).unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    gathered = torch.gather(
+        tokens, 1, ids.clamp(min=0).unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+    )
     return torch.where((ids >= 0).unsqueeze(-1), gathered, torch.zeros_like(gathered))

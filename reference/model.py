@@ -90,26 +90,39 @@ class FlexiCodec(nn.Module):
         )
         if cfg.use_query_token_aggregator:
             self.semantic_aggregator = QueryTokenAggregator(
-                cfg.agg_transformer_dim, cfg.ssl_dim, cfg.agg_transformer_num_heads,
-                cfg.agg_transformer_num_layers, cfg.agg_transformer_dim_feedforward,
+                cfg.agg_transformer_dim,
+                cfg.ssl_dim,
+                cfg.agg_transformer_num_heads,
+                cfg.agg_transformer_num_layers,
+                cfg.agg_transformer_dim_feedforward,
                 # The official code gives the semantic aggregator the bottleneck's context.
-                _pattern(cfg.agg_transformer_window, cfg.agg_transformer_causal,
-                         cfg.transformer_context_frames),
+                _pattern(
+                    cfg.agg_transformer_window,
+                    cfg.agg_transformer_causal,
+                    cfg.transformer_context_frames,
+                ),
                 cfg.agg_use_mean_pooling_init,
             )
             self.acoustic_aggregator = QueryTokenAggregator(
-                latent, latent, cfg.agg_transformer_num_heads,
-                cfg.agg_transformer_num_layers, cfg.agg_transformer_dim_feedforward,
+                latent,
+                latent,
+                cfg.agg_transformer_num_heads,
+                cfg.agg_transformer_num_layers,
+                cfg.agg_transformer_dim_feedforward,
                 _pattern(cfg.agg_transformer_window, cfg.agg_transformer_causal, cfg.agg_context),
                 cfg.agg_use_mean_pooling_init,
             )
         self.bottleneck_transformer = None
         if cfg.use_bottleneck_transformer and cfg.transformer_num_layers > 0:
             self.bottleneck_transformer = ProjectedTransformer(
-                latent, cfg.transformer_dim, cfg.transformer_num_heads,
-                cfg.transformer_num_layers, cfg.transformer_dim_feedforward,
-                _pattern(cfg.transformer_window, cfg.transformer_causal,
-                         cfg.transformer_context_frames),
+                latent,
+                cfg.transformer_dim,
+                cfg.transformer_num_heads,
+                cfg.transformer_num_layers,
+                cfg.transformer_dim_feedforward,
+                _pattern(
+                    cfg.transformer_window, cfg.transformer_causal, cfg.transformer_context_frames
+                ),
             )
         for p in self.semantic_model.parameters():
             p.requires_grad_(False)
@@ -159,20 +172,26 @@ class FlexiCodec(nn.Module):
 
     def quantize_semantic(self, tokens: torch.Tensor, num_groups: torch.Tensor):
         """`[B, 512, G]` -> (codes `[B, 1, G]` int32, decoded semantic latent `[B, latent, G]`)."""
-        quantized, codes = self.semantic_vq(self._convnext(self.convnext_encoder, tokens, num_groups))
+        quantized, codes = self.semantic_vq(
+            self._convnext(self.convnext_encoder, tokens, num_groups)
+        )
         decoded = self._convnext(self.convnext_decoder, quantized, num_groups)
         return _mask_after(codes, num_groups), decoded
 
     def _check_encode_args(self, audio, audio_lens, num_quantizers, merging_threshold):
-        if isinstance(num_quantizers, bool) or not isinstance(num_quantizers, int) or not (
-            1 <= num_quantizers <= self.max_num_quantizers
+        if (
+            isinstance(num_quantizers, bool)
+            or not isinstance(num_quantizers, int)
+            or not (1 <= num_quantizers <= self.max_num_quantizers)
         ):
             raise InputError(
                 f"num_quantizers: expected an int in [1, {self.max_num_quantizers}] (1 semantic + "
                 f"up to {self.config.n_codebooks} acoustic), got {describe(num_quantizers)}"
             )
-        if isinstance(merging_threshold, bool) or not isinstance(merging_threshold, (int, float)) or not (
-            math.isfinite(merging_threshold)
+        if (
+            isinstance(merging_threshold, bool)
+            or not isinstance(merging_threshold, (int, float))
+            or not (math.isfinite(merging_threshold))
         ):
             raise InputError(
                 f"merging_threshold: expected a finite float (cosine similarity, typically in "
@@ -250,13 +269,20 @@ class FlexiCodec(nn.Module):
     # ----------------------------------------------------------------------------- decode
 
     def _check_codes(self, semantic_codes, acoustic_codes, token_lengths):
-        if not _is_int_tensor(semantic_codes) or semantic_codes.dim() != 3 or semantic_codes.shape[1] != 1:
+        if (
+            not _is_int_tensor(semantic_codes)
+            or semantic_codes.dim() != 3
+            or semantic_codes.shape[1] != 1
+        ):
             raise InputError(
-                f"semantic_codes: expected an integer tensor [B, 1, G], got {describe(semantic_codes)}"
+                "semantic_codes: expected an integer tensor [B, 1, G], "
+                f"got {describe(semantic_codes)}"
             )
         batch, _, groups = semantic_codes.shape
         if batch == 0 or groups == 0:
-            raise InputError(f"semantic_codes: expected B >= 1 and G >= 1, got {describe(semantic_codes)}")
+            raise InputError(
+                f"semantic_codes: expected B >= 1 and G >= 1, got {describe(semantic_codes)}"
+            )
         size = self.semantic_vq.fsq.codebook_size
         if int(semantic_codes.min()) < 0 or int(semantic_codes.max()) >= size:
             raise InputError(
@@ -284,7 +310,8 @@ class FlexiCodec(nn.Module):
                 )
         if not _is_int_tensor(token_lengths) or token_lengths.shape != (batch, groups):
             raise InputError(
-                f"token_lengths: expected an integer tensor [{batch}, {groups}], got {describe(token_lengths)}"
+                f"token_lengths: expected an integer tensor [{batch}, {groups}], "
+                f"got {describe(token_lengths)}"
             )
         if int(token_lengths.min()) < 0 or bool((token_lengths.sum(dim=1) < 1).any()):
             raise InputError(

@@ -17,11 +17,14 @@ def downsampled_length(lengths: torch.Tensor, factor: float) -> torch.Tensor:
     """Output frames per item: `int(T_in / factor)` (float64 truncation), `[B]` int64."""
     if factor == int(factor):
         return torch.div(lengths, int(factor), rounding_mode="floor")
-    return torch.tensor([int(int(n) / factor) for n in lengths.tolist()], dtype=torch.long,
-                        device=lengths.device)
+    return torch.tensor(
+        [int(int(n) / factor) for n in lengths.tolist()], dtype=torch.long, device=lengths.device
+    )
 
 
-def linear_resample(x: torch.Tensor, lengths: torch.Tensor, out_lengths: torch.Tensor) -> torch.Tensor:
+def linear_resample(
+    x: torch.Tensor, lengths: torch.Tensor, out_lengths: torch.Tensor
+) -> torch.Tensor:
     """Per-item linear interpolation, `align_corners=False`.
 
     x: `[B, C, T_in]`; lengths / out_lengths: `[B]`. Returns `[B, C, max(out_lengths)]`,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import AttentionPattern, multi_head_attention
+from .attention import FULL, AttentionPattern, multi_head_attention
 
 
 class LayerScale(nn.Module):
@@ -90,7 +90,7 @@ class ProjectedTransformer(nn.Module):
         num_heads: int,
         num_layers: int,
         dim_feedforward: int,
-        pattern: AttentionPattern = AttentionPattern(),
+        pattern: AttentionPattern = FULL,
     ):
         super().__init__()
         self.pattern = pattern

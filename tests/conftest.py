@@ -21,7 +21,9 @@ torch.set_num_threads(2)
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"{path} not found: the official fixtures live in ../shared beside the checkout")
+        pytest.skip(
+            f"{path} not found: the official fixtures live in ../shared beside the checkout"
+        )
     return path
 
 

@@ -86,9 +86,18 @@ def test_compile_kernel_api():
 
     info = aot.compile_kernel(
         _snake_fwd_kernel,
-        signature={"x_ptr": "*fp16", "alpha_ptr": "*fp16", "y_ptr": "*fp16", "stride_xb": "i32",
-                   "stride_xc": "i32", "stride_yb": "i32", "stride_yc": "i32", "C": "i32",
-                   "N": "i32", "num_blocks": "i32"},
+        signature={
+            "x_ptr": "*fp16",
+            "alpha_ptr": "*fp16",
+            "y_ptr": "*fp16",
+            "stride_xb": "i32",
+            "stride_xc": "i32",
+            "stride_yb": "i32",
+            "stride_yc": "i32",
+            "C": "i32",
+            "N": "i32",
+            "num_blocks": "i32",
+        },
         constexprs={"stride_ac": 1, "BLOCK_N": 256},
         arch=80,
         options={"num_warps": 1},
@@ -103,10 +112,13 @@ def test_compile_kernel_api():
 def test_in_process_compilation_without_interpreter():
     """The CLI's path: no TRITON_INTERPRET, kernels are JITFunctions, compiled in-process."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json; from flexicodec_fast.static_profile import static_report; "
-            "print(json.dumps(static_report(archs=(90,), modules=('unmerge',))))")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True)
+    code = (
+        "import json; from flexicodec_fast.static_profile import static_report; "
+        "print(json.dumps(static_report(archs=(90,), modules=('unmerge',))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     rows = json.loads(done.stdout.strip().splitlines()[-1])
     assert [row["kernel"] for row in rows] == [s.name for m, s in SPECS if m == "unmerge"]
     assert all(row["ldg128"] and row["spill_bytes"] == 0 for row in rows)

@@ -15,12 +15,19 @@ from flexicodec_fast.fast import fast_encode
 
 @pytest.fixture(scope="module")
 def model_args(fixture_dir):
-    return ["--checkpoint", str(fixture_dir / "model.safetensors"), "--config", str(fixture_dir / "config.yaml")]
+    return [
+        "--checkpoint",
+        str(fixture_dir / "model.safetensors"),
+        "--config",
+        str(fixture_dir / "config.yaml"),
+    ]
 
 
 @pytest.fixture(scope="module")
 def model(fixture_dir):
-    return ff.prepare_model(fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu")
+    return ff.prepare_model(
+        fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu"
+    )
 
 
 @pytest.fixture()
@@ -33,9 +40,13 @@ def corpus(tmp_path, fixture_dir):
     return root
 
 
-def test_encode_folder_with_broken_file_then_decode(tmp_path, corpus, model_args, model, fixture_clips, capsys):
+def test_encode_folder_with_broken_file_then_decode(
+    tmp_path, corpus, model_args, model, fixture_clips, capsys
+):
     out = tmp_path / "codes"
-    status = main(["encode", str(corpus), "-o", str(out), "--num-quantizers", "4", "--quiet", *model_args])
+    status = main(
+        ["encode", str(corpus), "-o", str(out), "--num-quantizers", "4", "--quiet", *model_args]
+    )
     assert status == 1  # the broken file is reported, the others are written
     assert "broken.wav" in capsys.readouterr().err
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob(f"*{SUFFIX}"))
@@ -56,11 +67,21 @@ def test_encode_folder_with_broken_file_then_decode(tmp_path, corpus, model_args
 def test_encode_resumes_and_skips_done_files(tmp_path, corpus, model_args, capsys):
     out = tmp_path / "codes"
     (corpus / "sub" / "broken.wav").unlink()
-    assert main(["encode", str(corpus), "-o", str(out), "--num-quantizers", "2", "--quiet", *model_args]) == 0
+    assert (
+        main(
+            ["encode", str(corpus), "-o", str(out), "--num-quantizers", "2", "--quiet", *model_args]
+        )
+        == 0
+    )
     first = (out / f"a.wav{SUFFIX}").stat().st_mtime_ns
     (out / "sub" / f"c.wav{SUFFIX}").unlink()  # as if the run had been interrupted before it
     capsys.readouterr()
-    assert main(["encode", str(corpus), "-o", str(out), "--num-quantizers", "2", "--quiet", *model_args]) == 0
+    assert (
+        main(
+            ["encode", str(corpus), "-o", str(out), "--num-quantizers", "2", "--quiet", *model_args]
+        )
+        == 0
+    )
     assert "1 written, 1 already done" in capsys.readouterr().out
     assert (out / f"a.wav{SUFFIX}").stat().st_mtime_ns == first
     assert not list(out.rglob("*.tmp"))
@@ -68,7 +89,18 @@ def test_encode_resumes_and_skips_done_files(tmp_path, corpus, model_args, capsy
 
 def test_info_prints_metadata(tmp_path, corpus, model_args, capsys):
     out = tmp_path / "codes"
-    main(["encode", str(corpus / "a.wav"), "-o", str(out), "--num-quantizers", "3", "--quiet", *model_args])
+    main(
+        [
+            "encode",
+            str(corpus / "a.wav"),
+            "-o",
+            str(out),
+            "--num-quantizers",
+            "3",
+            "--quiet",
+            *model_args,
+        ]
+    )
     capsys.readouterr()
     assert main(["info", str(out / f"a.wav{SUFFIX}")]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -80,8 +112,23 @@ def test_info_prints_metadata(tmp_path, corpus, model_args, capsys):
 
 def test_target_frame_rate_option(tmp_path, corpus, model_args, capsys):
     out = tmp_path / "codes"
-    assert main(["encode", str(corpus / "a.wav"), "-o", str(out), "--target-frame-rate", "6",
-                 "--num-quantizers", "2", "--quiet", *model_args]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                str(corpus / "a.wav"),
+                "-o",
+                str(out),
+                "--target-frame-rate",
+                "6",
+                "--num-quantizers",
+                "2",
+                "--quiet",
+                *model_args,
+            ]
+        )
+        == 0
+    )
     codes = load_codes(out / f"a.wav{SUFFIX}")
     rate = float(codes.total_frames[0]) / float(codes.token_lengths.sum()) * 12.5
     assert rate <= 6.0
@@ -90,7 +137,18 @@ def test_target_frame_rate_option(tmp_path, corpus, model_args, capsys):
 @pytest.fixture()
 def codes_file(tmp_path, corpus, model_args):
     out = tmp_path / "codes"
-    main(["encode", str(corpus / "a.wav"), "-o", str(out), "--num-quantizers", "4", "--quiet", *model_args])
+    main(
+        [
+            "encode",
+            str(corpus / "a.wav"),
+            "-o",
+            str(out),
+            "--num-quantizers",
+            "4",
+            "--quiet",
+            *model_args,
+        ]
+    )
     return out / f"a.wav{SUFFIX}"
 
 
@@ -104,15 +162,18 @@ def _tamper(path, model, **changes):
     save_codes(path, codes)
 
 
-@pytest.mark.parametrize("changes,match", [
-    (dict(semantic_codes=lambda t: t + 40000), "semantic codes outside"),
-    (dict(acoustic_codes=lambda t: t + 64), "acoustic codes outside"),
-    (dict(acoustic_codes=lambda t: torch.cat([t, t], dim=1)), "acoustic codebooks"),
-    (dict(token_lengths=lambda t: t[:, :-1]), "token_lengths must be"),
-    (dict(total_frames=lambda t: t + 1), "does not match"),
-    (dict(metadata={"model_fingerprint": "0123456789abcdef"}), "made by model"),
-    (dict(metadata={"format_version": "99"}), "format_version"),
-])
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        (dict(semantic_codes=lambda t: t + 40000), "semantic codes outside"),
+        (dict(acoustic_codes=lambda t: t + 64), "acoustic codes outside"),
+        (dict(acoustic_codes=lambda t: torch.cat([t, t], dim=1)), "acoustic codebooks"),
+        (dict(token_lengths=lambda t: t[:, :-1]), "token_lengths must be"),
+        (dict(total_frames=lambda t: t + 1), "does not match"),
+        (dict(metadata={"model_fingerprint": "0123456789abcdef"}), "made by model"),
+        (dict(metadata={"format_version": "99"}), "format_version"),
+    ],
+)
 def test_tampered_codes_files_are_rejected(codes_file, model, changes, match):
     _tamper(codes_file, model, **changes)
     with pytest.raises(ff.CodesFileError, match=match):
@@ -135,7 +196,9 @@ def test_corrupt_and_missing_codes_files(tmp_path, model):
 
 def test_decode_reports_tampered_file_and_goes_on(tmp_path, codes_file, model, model_args, capsys):
     _tamper(codes_file, model, acoustic_codes=lambda t: t + 64)
-    status = main(["decode", str(codes_file.parent), "-o", str(tmp_path / "wav"), "--quiet", *model_args])
+    status = main(
+        ["decode", str(codes_file.parent), "-o", str(tmp_path / "wav"), "--quiet", *model_args]
+    )
     assert status == 1
     assert "acoustic codes outside" in capsys.readouterr().err
 

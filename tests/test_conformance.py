@@ -26,7 +26,9 @@ AUDIO_RTOL_L2 = 1e-5
 
 @pytest.fixture(scope="module")
 def model(fixture_dir):
-    return ff.prepare_model(fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu")
+    return ff.prepare_model(
+        fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,9 @@ def test_every_recorded_run_is_covered(runs, fixture_outputs):
 def test_similarity_and_features_from_recorded_fbank(model, fixture_outputs, fixture_clips, clip):
     with torch.no_grad():
         enc = model.encode(
-            fixture_clips[clip][None], num_quantizers=4, features=fixture_outputs[f"{clip}/fbank"][None]
+            fixture_clips[clip][None],
+            num_quantizers=4,
+            features=fixture_outputs[f"{clip}/fbank"][None],
         )
     want = fixture_outputs[f"{clip}/semantic_feat_12p5hz"]
     got = enc["semantic_features"][0].T
@@ -66,7 +70,9 @@ def test_similarity_and_features_from_recorded_fbank(model, fixture_outputs, fix
 @pytest.mark.parametrize("clip", CLIPS)
 @pytest.mark.parametrize("threshold", THRESHOLDS)
 @pytest.mark.parametrize("nq", (1, 4))
-def test_dithered_run_from_recorded_fbank(model, fixture_outputs, fixture_clips, clip, threshold, nq):
+def test_dithered_run_from_recorded_fbank(
+    model, fixture_outputs, fixture_clips, clip, threshold, nq
+):
     prefix = f"{clip}/th{threshold}/nq{nq}/"
     with torch.no_grad():
         enc = model.encode(
@@ -93,13 +99,17 @@ def test_dithered_run_from_recorded_fbank(model, fixture_outputs, fixture_clips,
 def test_dither_free_run_from_waveform(model, fixture_outputs, fixture_clips, clip, threshold):
     prefix = f"{clip}/nodither/th{threshold}/nq4/"
     with torch.no_grad():
-        enc = model.encode(fixture_clips[clip][None], num_quantizers=4, merging_threshold=float(threshold))
+        enc = model.encode(
+            fixture_clips[clip][None], num_quantizers=4, merging_threshold=float(threshold)
+        )
     for key in ("token_lengths", "total_frames", "semantic_codes", "acoustic_codes"):
         assert torch.equal(enc[key], fixture_outputs[prefix + key]), key
 
 
 def test_decode_every_recorded_run(model, fixture_outputs):
-    keys = [k for k in fixture_outputs if k.endswith("/decoded_audio") and not k.startswith("batch")]
+    keys = [
+        k for k in fixture_outputs if k.endswith("/decoded_audio") and not k.startswith("batch")
+    ]
     assert len(keys) == 27
     for key in keys:
         prefix = key[: -len("decoded_audio")]
@@ -123,7 +133,9 @@ def test_dither_free_batch_items_equal_official_single_runs(model, fixture_outpu
         prefix = f"{clip}/nodither/th0.91/nq4/"
         groups = fixture_outputs[prefix + "token_lengths"].shape[1]
         assert enc["total_frames"][i] == groups
-        assert torch.equal(enc["token_lengths"][i, :groups], fixture_outputs[prefix + "token_lengths"][0])
+        assert torch.equal(
+            enc["token_lengths"][i, :groups], fixture_outputs[prefix + "token_lengths"][0]
+        )
         assert not enc["token_lengths"][i, groups:].any()
         for key in ("semantic_codes", "acoustic_codes"):
             assert torch.equal(enc[key][i, :, :groups], fixture_outputs[prefix + key][0]), key
@@ -138,7 +150,9 @@ def test_batched_decode_items_equal_official_single_decodes(model, fixture_outpu
         return torch.cat([torch.nn.functional.pad(x, (0, groups - x.shape[-1])) for x in parts])
 
     with torch.no_grad():
-        audio = model.decode(padded("semantic_codes"), padded("acoustic_codes"), padded("token_lengths"))
+        audio = model.decode(
+            padded("semantic_codes"), padded("acoustic_codes"), padded("token_lengths")
+        )
     for i, p in enumerate(prefixes):
         want = fixture_outputs[p + "decoded_audio"][0]
         _expect_close_audio(audio[i, :, : want.shape[-1]], want)
@@ -156,8 +170,13 @@ def test_dithered_batch_fbank_items_equal_their_single_runs(model, fixture_outpu
     with torch.no_grad():
         batched = model.encode(audio, lens, 4, 0.91, features=fbank, feature_lens=fbank_lens)
         for i in range(2):
-            single = model.encode(audio[i : i + 1, : lens[i]], None, 4, 0.91,
-                                  features=fbank[i : i + 1, : fbank_lens[i]])
+            single = model.encode(
+                audio[i : i + 1, : lens[i]],
+                None,
+                4,
+                0.91,
+                features=fbank[i : i + 1, : fbank_lens[i]],
+            )
             groups = int(single["total_frames"][0])
             for key in ("token_lengths", "semantic_codes", "acoustic_codes"):
                 assert torch.equal(batched[key][i, ..., :groups], single[key][0]), key

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from flexicodec_fast.reference.merging import segment
 
 import flexicodec_fast as ff
 from flexicodec_fast.fast import FastCodec, fast_decode, fast_encode
-from flexicodec_fast.reference.merging import segment
 from flexicodec_fast.resampling import resample, resampled_length
 from flexicodec_fast.tiny import random_tiny_model
 
@@ -24,7 +24,9 @@ def _audio(n=12000, seed=0):
 
 def test_accepts_the_official_model_dict(tiny):
     a = fast_encode(_audio(), tiny, num_quantizers=2)
-    b = fast_encode(_audio(), {"model": tiny, "feature_extractor": None, "type": "sensevoice"}, num_quantizers=2)
+    b = fast_encode(
+        _audio(), {"model": tiny, "feature_extractor": None, "type": "sensevoice"}, num_quantizers=2
+    )
     assert torch.equal(a["acoustic_codes"], b["acoustic_codes"])
 
 
@@ -79,8 +81,13 @@ def test_plan_is_rebuilt_when_weights_change():
     audio = _audio()
     first = FastCodec.for_model(model)
     assert FastCodec.for_model(model) is first
-    before = fast_decode(model, *(fast_encode(audio, model, num_quantizers=2)[k]
-                                  for k in ("semantic_codes", "acoustic_codes", "token_lengths")))
+    before = fast_decode(
+        model,
+        *(
+            fast_encode(audio, model, num_quantizers=2)[k]
+            for k in ("semantic_codes", "acoustic_codes", "token_lengths")
+        ),
+    )
     with torch.no_grad():
         model.dac.decoder.model[0].weight_g.mul_(2)
     assert FastCodec.for_model(model) is not first
@@ -92,18 +99,21 @@ def test_plan_is_rebuilt_when_weights_change():
     assert not torch.equal(before, after)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(audio=torch.zeros(1, 1000)), "1360"),
-    (dict(audio=torch.full((1, 4000), float("nan"))), "NaN"),
-    (dict(audio=torch.zeros(4000)), "audio"),
-    (dict(audio=torch.zeros(1, 4000, dtype=torch.int32)), "audio"),
-    (dict(audio=torch.zeros(1, 4000), sample_rate=0), "sample_rate"),
-    (dict(audio=torch.zeros(1, 4000), num_quantizers=9), "num_quantizers"),
-    (dict(audio=torch.zeros(1, 4000), backend="cuda"), "backend"),
-    (dict(audio=torch.zeros(1, 4000), precision="fp8"), "precision"),
-    (dict(audio=torch.zeros(1, 4000), target_frame_rate=20.0), "target_frame_rate"),
-    (dict(audio=torch.zeros(1, 4000), audio_lens=torch.tensor([9000])), "audio_lens"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(audio=torch.zeros(1, 1000)), "1360"),
+        (dict(audio=torch.full((1, 4000), float("nan"))), "NaN"),
+        (dict(audio=torch.zeros(4000)), "audio"),
+        (dict(audio=torch.zeros(1, 4000, dtype=torch.int32)), "audio"),
+        (dict(audio=torch.zeros(1, 4000), sample_rate=0), "sample_rate"),
+        (dict(audio=torch.zeros(1, 4000), num_quantizers=9), "num_quantizers"),
+        (dict(audio=torch.zeros(1, 4000), backend="cuda"), "backend"),
+        (dict(audio=torch.zeros(1, 4000), precision="fp8"), "precision"),
+        (dict(audio=torch.zeros(1, 4000), target_frame_rate=20.0), "target_frame_rate"),
+        (dict(audio=torch.zeros(1, 4000), audio_lens=torch.tensor([9000])), "audio_lens"),
+    ],
+)
 def test_bad_input(tiny, kwargs, match):
     kwargs = {"num_quantizers": 2, **kwargs}
     with pytest.raises(ff.InputError, match=match):
@@ -117,4 +127,6 @@ def test_bad_model_and_codes(tiny):
     with pytest.raises(ff.InputError, match="acoustic_codes"):
         fast_decode(tiny, enc["semantic_codes"], enc["acoustic_codes"] + 64, enc["token_lengths"])
     with pytest.raises(ff.InputError, match="token_lengths"):
-        fast_decode(tiny, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"][:, :-1])
+        fast_decode(
+            tiny, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"][:, :-1]
+        )

@@ -16,13 +16,19 @@ CODE_KEYS = ("token_lengths", "total_frames", "semantic_codes", "acoustic_codes"
 
 @pytest.fixture(scope="module")
 def model(fixture_dir):
-    return ff.prepare_model(fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu")
+    return ff.prepare_model(
+        fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu"
+    )
 
 
 @pytest.mark.parametrize("clip", ("clipA", "clipB", "clipC"))
 @pytest.mark.parametrize("threshold", ("1", "0.95", "0.91", "0.85"))
-def test_fast_encode_reproduces_official_dither_free_runs(model, fixture_outputs, fixture_clips, clip, threshold):
-    enc = fast_encode(fixture_clips[clip][None], model, num_quantizers=4, merging_threshold=float(threshold))
+def test_fast_encode_reproduces_official_dither_free_runs(
+    model, fixture_outputs, fixture_clips, clip, threshold
+):
+    enc = fast_encode(
+        fixture_clips[clip][None], model, num_quantizers=4, merging_threshold=float(threshold)
+    )
     prefix = f"{clip}/nodither/th{threshold}/nq4/"
     for key in CODE_KEYS:
         assert torch.equal(enc[key], fixture_outputs[prefix + key]), key
@@ -31,8 +37,12 @@ def test_fast_encode_reproduces_official_dither_free_runs(model, fixture_outputs
 @pytest.mark.parametrize("clip", ("clipA", "clipB", "clipC"))
 def test_fast_decode_reproduces_official_audio(model, fixture_outputs, clip):
     prefix = f"{clip}/nodither/th0.91/nq4/"
-    audio = fast_decode(model, fixture_outputs[prefix + "semantic_codes"],
-                        fixture_outputs[prefix + "acoustic_codes"], fixture_outputs[prefix + "token_lengths"])
+    audio = fast_decode(
+        model,
+        fixture_outputs[prefix + "semantic_codes"],
+        fixture_outputs[prefix + "acoustic_codes"],
+        fixture_outputs[prefix + "token_lengths"],
+    )
     want = fixture_outputs[prefix + "decoded_audio"]
     assert audio.shape == want.shape
     assert (audio - want).abs().max().item() <= 1e-5
@@ -55,8 +65,14 @@ def test_fast_equals_reference_on_random_tiny_models(tiny, lens, nq):
     audio, audio_lens = _batch(len(lens) + nq, lens)
     with torch.inference_mode():
         ref = tiny.encode(audio, audio_lens, num_quantizers=nq, merging_threshold=0.999)
-    enc = fast_encode(audio, tiny, num_quantizers=nq, merging_threshold=0.999, audio_lens=audio_lens,
-                      backend="torch")
+    enc = fast_encode(
+        audio,
+        tiny,
+        num_quantizers=nq,
+        merging_threshold=0.999,
+        audio_lens=audio_lens,
+        backend="torch",
+    )
     for key in CODE_KEYS:
         if ref[key] is None:
             assert enc[key] is None
@@ -65,7 +81,9 @@ def test_fast_equals_reference_on_random_tiny_models(tiny, lens, nq):
     torch.testing.assert_close(enc["decoder_latent"], ref["decoder_latent"], rtol=1e-5, atol=1e-5)
     with torch.inference_mode():
         want = tiny.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
-    got = fast_decode(tiny, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"], backend="torch")
+    got = fast_decode(
+        tiny, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"], backend="torch"
+    )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -75,8 +93,12 @@ def test_triton_backend_under_interpreter_matches_reference():
     with torch.inference_mode():
         ref = model.encode(audio, lens, num_quantizers=3, merging_threshold=0.999)
         want = model.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
-    enc = fast_encode(audio, model, num_quantizers=3, merging_threshold=0.999, audio_lens=lens, backend="triton")
+    enc = fast_encode(
+        audio, model, num_quantizers=3, merging_threshold=0.999, audio_lens=lens, backend="triton"
+    )
     for key in CODE_KEYS:
         assert torch.equal(enc[key], ref[key]), key
-    got = fast_decode(model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"], backend="triton")
+    got = fast_decode(
+        model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"], backend="triton"
+    )
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

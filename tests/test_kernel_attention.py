@@ -43,8 +43,7 @@ def reference_core(q, k, v, lengths, pattern_kwargs):
 
 def _qkv(batch, heads, length, head_dim, dtype=torch.float32, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, heads, length, head_dim, generator=gen).to(dtype)
-            for _ in range(3)]
+    return [torch.randn(batch, heads, length, head_dim, generator=gen).to(dtype) for _ in range(3)]
 
 
 def _lengths(batch, length):
@@ -83,8 +82,7 @@ def test_head_dims_and_default_tiles(head_dim):
     lengths = torch.tensor([40, 23])
     for pattern in ("full", "window1", "causal_context5"):
         ref = reference_core(q, k, v, lengths, PATTERNS[pattern])
-        _assert_fp32_close(attention(q, k, v, lengths, backend="triton", **PATTERNS[pattern]),
-                           ref)
+        _assert_fp32_close(attention(q, k, v, lengths, backend="triton", **PATTERNS[pattern]), ref)
 
 
 def test_no_lengths_and_4_item_batch_with_empty_item():
@@ -111,8 +109,11 @@ def test_fp16_error_within_twice_pytorch():
         def error(x, truth=truth):
             return ((x.double() - truth).norm() / truth.norm()).item()
 
-        assert error(kernel) <= 2 * error(torch_fp16) + 1e-6, (pattern, error(kernel),
-                                                               error(torch_fp16))
+        assert error(kernel) <= 2 * error(torch_fp16) + 1e-6, (
+            pattern,
+            error(kernel),
+            error(torch_fp16),
+        )
         ours_torch = attention(q, k, v, lengths, backend="torch", **kwargs)
         assert error(ours_torch) <= 2 * error(torch_fp16) + 1e-6
 
@@ -139,13 +140,25 @@ def test_torch_path_chunked_over_long_sequences(pattern):
 def test_batch_invariant(backend):
     q, k, v = _qkv(3, 2, 30, 32, seed=6)
     lengths = torch.tensor([30, 17, 9])
-    batched = attention(q, k, v, lengths, backend=backend, blocks=(16, 16) if
-                        backend == "triton" else None, window=3)
+    batched = attention(
+        q,
+        k,
+        v,
+        lengths,
+        backend=backend,
+        blocks=(16, 16) if backend == "triton" else None,
+        window=3,
+    )
     for b in range(3):
         n = int(lengths[b])
-        alone = attention(q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n],
-                          backend=backend, blocks=(16, 16) if backend == "triton" else None,
-                          window=3)
+        alone = attention(
+            q[b : b + 1, :, :n],
+            k[b : b + 1, :, :n],
+            v[b : b + 1, :, :n],
+            backend=backend,
+            blocks=(16, 16) if backend == "triton" else None,
+            window=3,
+        )
         if backend == "triton":  # programs are per (item, head): the same bits
             assert torch.equal(batched[b, :n], alone[0])
         else:  # SDPA's CPU kernels block differently for another L
@@ -161,8 +174,7 @@ def test_views_of_a_fused_qkv_projection(backend):
     assert not q.is_contiguous()
     lengths = torch.tensor([19, 5])
     out = attention(q, k, v, lengths, backend=backend, causal=True)
-    ref = reference_core(q.contiguous(), k.contiguous(), v.contiguous(), lengths,
-                         {"causal": True})
+    ref = reference_core(q.contiguous(), k.contiguous(), v.contiguous(), lengths, {"causal": True})
     _assert_fp32_close(out, ref)
 
 
@@ -180,8 +192,10 @@ def test_empty_and_opcheck():
     assert attention(q, k, v, backend="triton").shape == (2, 0, 16)
     q, k, v = _qkv(2, 2, 9, 16)
     lengths = torch.tensor([9, 4])
-    torch.library.opcheck(torch.ops.flexicodec_fast.attention.default,
-                          (q, k, v, lengths, 2, False, None, 10000.0, "ieee", "torch", 0, 0))
+    torch.library.opcheck(
+        torch.ops.flexicodec_fast.attention.default,
+        (q, k, v, lengths, 2, False, None, 10000.0, "ieee", "torch", 0, 0),
+    )
 
 
 def test_errors():

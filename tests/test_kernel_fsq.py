@@ -37,9 +37,15 @@ def _module(levels, dim=48, seed=0, spread=3.0):
 
 
 def _weights(module, dtype=torch.float32):
-    return tuple(p.detach().to(dtype) for p in (
-        module.project_in.weight, module.project_in.bias,
-        module.project_out.weight, module.project_out.bias))
+    return tuple(
+        p.detach().to(dtype)
+        for p in (
+            module.project_in.weight,
+            module.project_in.bias,
+            module.project_out.weight,
+            module.project_out.bias,
+        )
+    )
 
 
 def _tie_distance(module, x):
@@ -81,8 +87,9 @@ def test_decode_matches_reference(backend, name):
     levels = LEVELS[name]
     module = _module(levels)
     size = math.prod(levels)
-    codes = torch.randint(0, size, (2, 37), generator=torch.Generator().manual_seed(2),
-                          dtype=torch.int32)
+    codes = torch.randint(
+        0, size, (2, 37), generator=torch.Generator().manual_seed(2), dtype=torch.int32
+    )
     with torch.no_grad():
         expected = module.from_indices(codes)
     *_, w_out, b_out = _weights(module)
@@ -123,9 +130,16 @@ def test_fp16_inputs(backend):
     x16 = torch.randn(3, 21, 48, generator=torch.Generator().manual_seed(4)).half()
     upcast = FSQ(levels, 48).eval()
     with torch.no_grad():
-        for p, w in zip((upcast.project_in.weight, upcast.project_in.bias,
-                         upcast.project_out.weight, upcast.project_out.bias), weights16,
-                        strict=True):
+        for p, w in zip(
+            (
+                upcast.project_in.weight,
+                upcast.project_in.bias,
+                upcast.project_out.weight,
+                upcast.project_out.bias,
+            ),
+            weights16,
+            strict=True,
+        ):
             p.copy_(w.float())
     ref_out, ref_codes = _reference(upcast, x16.float())
     out, codes = fsq(x16, *weights16, levels, backend=backend)
@@ -159,8 +173,9 @@ def test_near_ties_are_the_only_source_of_disagreement(backend):
     half = 3.4965
     offset, shift = 0.5, math.tan(0.5 / half)
     gen = torch.Generator().manual_seed(6)
-    deltas = torch.tensor([0.0, 1e-8, -1e-8, 1e-7, -1e-7, 3e-7, -3e-7, 1e-6, -1e-6, 1e-4,
-                           -1e-4, 1e-2, -1e-2])
+    deltas = torch.tensor(
+        [0.0, 1e-8, -1e-8, 1e-7, -1e-7, 3e-7, -3e-7, 1e-6, -1e-6, 1e-4, -1e-4, 1e-2, -1e-2]
+    )
     k = torch.randint(-4, 3, (4, len(deltas), 2), generator=gen).float()
     target = (k + 0.5 + deltas.view(1, -1, 1)).clamp(-3.99, 2.99)
     z = torch.atanh((target + offset) / half) - shift
@@ -190,11 +205,15 @@ def test_constants_are_the_references():
 def test_opcheck():
     module = _module(LEVELS["released_8x5"])
     x = torch.randn(2, 5, 48)
-    torch.library.opcheck(torch.ops.flexicodec_fast.fsq.default,
-                          (x, *_weights(module), LEVELS["released_8x5"], "torch"))
+    torch.library.opcheck(
+        torch.ops.flexicodec_fast.fsq.default,
+        (x, *_weights(module), LEVELS["released_8x5"], "torch"),
+    )
     codes = torch.randint(0, 8**5, (2, 5), dtype=torch.int32)
-    torch.library.opcheck(torch.ops.flexicodec_fast.fsq_decode.default,
-                          (codes, *_weights(module)[2:], LEVELS["released_8x5"], "torch"))
+    torch.library.opcheck(
+        torch.ops.flexicodec_fast.fsq_decode.default,
+        (codes, *_weights(module)[2:], LEVELS["released_8x5"], "torch"),
+    )
 
 
 def test_errors():
@@ -221,5 +240,12 @@ def test_errors():
     with pytest.raises(ValueError, match=r"codes must be \[B, G\], got shape \[2, 1, 5\]"):
         fsq_decode(torch.zeros(2, 1, 5, dtype=torch.int32), w_out, b_out, levels)
     with pytest.raises(ValueError, match="x must have a contiguous last dimension"):
-        fsq(x.transpose(1, 2).contiguous().transpose(1, 2), w_in, b_in, w_out, b_out, levels,
-            backend="triton")
+        fsq(
+            x.transpose(1, 2).contiguous().transpose(1, 2),
+            w_in,
+            b_in,
+            w_out,
+            b_out,
+            levels,
+            backend="triton",
+        )

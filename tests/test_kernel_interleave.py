@@ -30,14 +30,20 @@ CASES = {
 
 def _segmentation(lengths_per_item) -> Segmentation:
     groups = max(len(g) for g in lengths_per_item)
-    token_lengths = torch.tensor([g + [0] * (groups - len(g)) for g in lengths_per_item],
-                                 dtype=torch.long).view(len(lengths_per_item), groups)
+    token_lengths = torch.tensor(
+        [g + [0] * (groups - len(g)) for g in lengths_per_item], dtype=torch.long
+    ).view(len(lengths_per_item), groups)
     frame_lengths = token_lengths.sum(1)
     frames = max(int(frame_lengths.max()), 1)
     group_ids = group_ids_from_lengths(token_lengths, frames)
     num_groups = (token_lengths > 0).sum(1)
-    return Segmentation(torch.zeros(len(lengths_per_item), frames - 1), group_ids,
-                        token_lengths, num_groups, frame_lengths)
+    return Segmentation(
+        torch.zeros(len(lengths_per_item), frames - 1),
+        group_ids,
+        token_lengths,
+        num_groups,
+        frame_lengths,
+    )
 
 
 def _reference_sequence(x, means, embedding, seg):
@@ -45,7 +51,7 @@ def _reference_sequence(x, means, embedding, seg):
     frame_pos, query_pos, _ = interleave_positions(seg)
     sequence = x.new_zeros(batch, frames + seg.max_groups, dim)
     scatter_positions(sequence, x, frame_pos)
-    scatter_positions(sequence, means[:, :seg.max_groups] + embedding, query_pos)
+    scatter_positions(sequence, means[:, : seg.max_groups] + embedding, query_pos)
     return sequence
 
 
@@ -75,8 +81,9 @@ def test_forward_matches_reference(backend, name, worst_case):
     groups = frames if worst_case else seg.max_groups
     x, means, embedding = _inputs(seg, groups)
     expected = _reference_sequence(x, means, embedding.to(x.dtype), seg)
-    out = interleave(x, means, embedding, seg.group_ids, seg.frame_lengths, seg.num_groups,
-                     backend=backend)
+    out = interleave(
+        x, means, embedding, seg.group_ids, seg.frame_lengths, seg.num_groups, backend=backend
+    )
     assert out.shape == (x.shape[0], frames + groups, x.shape[2])
     length = frames + seg.max_groups
     assert torch.equal(out[:, :length], expected)
@@ -84,8 +91,8 @@ def test_forward_matches_reference(backend, name, worst_case):
     y = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     tokens = retrieve(y, seg.group_ids, seg.num_groups, backend=backend)
     assert tokens.shape == (x.shape[0], groups, x.shape[2])
-    assert torch.equal(tokens[:, :seg.max_groups], _reference_tokens(y[:, :length], seg))
-    assert not tokens[:, seg.max_groups:].any()
+    assert torch.equal(tokens[:, : seg.max_groups], _reference_tokens(y[:, :length], seg))
+    assert not tokens[:, seg.max_groups :].any()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -94,16 +101,18 @@ def test_fp16_bit_identical(backend):
     the scatter; the kernel does the same single rounding."""
     seg = _segmentation(CASES["mixed_padded_tails"])
     x, means, embedding = _inputs(seg, seg.max_groups, dim=130, dtype=torch.float16)
-    out = interleave(x, means, embedding, seg.group_ids, seg.frame_lengths, seg.num_groups,
-                     backend=backend)
+    out = interleave(
+        x, means, embedding, seg.group_ids, seg.frame_lengths, seg.num_groups, backend=backend
+    )
     batch, frames, dim = x.shape
     frame_pos, query_pos, _ = interleave_positions(seg)
     expected = x.new_zeros(batch, frames + seg.max_groups, dim)
     scatter_positions(expected, x, frame_pos)
     scatter_positions(expected, (means + embedding).half(), query_pos)  # fp32 sum, one rounding
     assert out.dtype == torch.float16 and torch.equal(out, expected)
-    assert torch.equal(retrieve(out, seg.group_ids, seg.num_groups, backend=backend),
-                       _reference_tokens(out, seg))
+    assert torch.equal(
+        retrieve(out, seg.group_ids, seg.num_groups, backend=backend), _reference_tokens(out, seg)
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -112,11 +121,13 @@ def test_backward_matches_reference(backend, name):
     seg = _segmentation(CASES[name])
     frames = seg.group_ids.shape[1]
     x0, means0, emb0 = _inputs(seg, frames)  # worst-case G = T
-    grad = torch.randn(x0.shape[0], 2 * frames, x0.shape[2],
-                       generator=torch.Generator().manual_seed(2))
+    grad = torch.randn(
+        x0.shape[0], 2 * frames, x0.shape[2], generator=torch.Generator().manual_seed(2)
+    )
     x, means, emb = (t.clone().requires_grad_() for t in (x0, means0, emb0))
-    interleave(x, means, emb, seg.group_ids, seg.frame_lengths, seg.num_groups,
-               backend=backend).backward(grad)
+    interleave(
+        x, means, emb, seg.group_ids, seg.frame_lengths, seg.num_groups, backend=backend
+    ).backward(grad)
     xr, meansr, embr = (t.clone().requires_grad_() for t in (x0, means0, emb0))
     length = frames + seg.max_groups
     _reference_sequence_autograd(xr, meansr, embr, seg).backward(grad[:, :length])
@@ -129,7 +140,7 @@ def test_backward_matches_reference(backend, name):
     y = y0.clone().requires_grad_()
     retrieve(y, seg.group_ids, seg.num_groups, backend=backend).backward(grad_tokens)
     yr = y0[:, :length].clone().requires_grad_()
-    _reference_tokens(yr, seg).backward(grad_tokens[:, :seg.max_groups])
+    _reference_tokens(yr, seg).backward(grad_tokens[:, : seg.max_groups])
     assert torch.equal(y.grad[:, :length], yr.grad)
     assert not y.grad[:, length:].any()
 
@@ -142,10 +153,9 @@ def _reference_sequence_autograd(x, means, embedding, seg):
     sequence = x.new_zeros(batch, frames + seg.max_groups, dim)
     live = frame_pos >= 0
     sequence = sequence.index_put((rows.expand_as(frame_pos)[live], frame_pos[live]), x[live])
-    queries = means[:, :seg.max_groups] + embedding
+    queries = means[:, : seg.max_groups] + embedding
     live = query_pos >= 0
-    return sequence.index_put((rows.expand_as(query_pos)[live], query_pos[live]),
-                              queries[live])
+    return sequence.index_put((rows.expand_as(query_pos)[live], query_pos[live]), queries[live])
 
 
 def test_block_boundaries_with_small_blocks(monkeypatch):
@@ -154,21 +164,26 @@ def test_block_boundaries_with_small_blocks(monkeypatch):
     monkeypatch.setattr(interleave_mod, "BLOCK_D", 8)
     seg = _segmentation(CASES["odd_many_groups"])
     x, means, embedding = _inputs(seg, seg.group_ids.shape[1], dim=19)
-    out = interleave(x, means, embedding, seg.group_ids, seg.frame_lengths, seg.num_groups,
-                     backend="triton")
-    ref_out = interleave(x, means, embedding, seg.group_ids, seg.frame_lengths,
-                         seg.num_groups, backend="torch")
+    out = interleave(
+        x, means, embedding, seg.group_ids, seg.frame_lengths, seg.num_groups, backend="triton"
+    )
+    ref_out = interleave(
+        x, means, embedding, seg.group_ids, seg.frame_lengths, seg.num_groups, backend="torch"
+    )
     assert torch.equal(out, ref_out)
-    assert torch.equal(retrieve(out, seg.group_ids, seg.num_groups, backend="triton"),
-                       retrieve(out, seg.group_ids, seg.num_groups, backend="torch"))
+    assert torch.equal(
+        retrieve(out, seg.group_ids, seg.num_groups, backend="triton"),
+        retrieve(out, seg.group_ids, seg.num_groups, backend="torch"),
+    )
 
 
 def test_torch_path_many_groups():
     """G = T = 4000: the torch path scatters and gathers, O(B (T + G) D)."""
     seg = _segmentation([[1] * 4000])
     x, means, embedding = _inputs(seg, 4000, dim=2)
-    out = interleave(x, means, embedding, seg.group_ids, seg.frame_lengths, seg.num_groups,
-                     backend="torch")
+    out = interleave(
+        x, means, embedding, seg.group_ids, seg.frame_lengths, seg.num_groups, backend="torch"
+    )
     assert torch.equal(out[0, ::2], x[0]) and torch.equal(out[0, 1::2], means[0] + embedding)
     assert torch.equal(retrieve(out, seg.group_ids, seg.num_groups, backend="torch"), out[:, 1::2])
 
@@ -178,11 +193,21 @@ def test_opcheck():
     x, means, embedding = _inputs(seg, seg.max_groups)
     torch.library.opcheck(
         torch.ops.flexicodec_fast.interleave_queries.default,
-        (x.requires_grad_(), means.requires_grad_(), embedding.requires_grad_(),
-         seg.group_ids, seg.frame_lengths, seg.num_groups, "torch"))
+        (
+            x.requires_grad_(),
+            means.requires_grad_(),
+            embedding.requires_grad_(),
+            seg.group_ids,
+            seg.frame_lengths,
+            seg.num_groups,
+            "torch",
+        ),
+    )
     y = torch.randn(x.shape[0], x.shape[1] + seg.max_groups, x.shape[2], requires_grad=True)
-    torch.library.opcheck(torch.ops.flexicodec_fast.retrieve_queries.default,
-                          (y, seg.group_ids, seg.num_groups, "torch"))
+    torch.library.opcheck(
+        torch.ops.flexicodec_fast.retrieve_queries.default,
+        (y, seg.group_ids, seg.num_groups, "torch"),
+    )
 
 
 def test_errors():
@@ -208,5 +233,12 @@ def test_errors():
     with pytest.raises(ValueError, match="num_groups must be of shape"):
         retrieve(x, ids, counts[:1])
     with pytest.raises(ValueError, match="x must have a contiguous last dimension"):
-        interleave(x.transpose(1, 2).contiguous().transpose(1, 2), means, embedding, ids,
-                   lengths, counts, backend="triton")
+        interleave(
+            x.transpose(1, 2).contiguous().transpose(1, 2),
+            means,
+            embedding,
+            ids,
+            lengths,
+            counts,
+            backend="triton",
+        )

@@ -36,8 +36,11 @@ def _features(pattern, dim=24, seed=0, zero_frames=()):
 
 def _random_pattern(batch, frames, p_merge, seed):
     gen = torch.Generator().manual_seed(seed)
-    return (torch.rand(batch, max(frames - 1, 0), generator=gen) < p_merge).tolist() \
-        if frames > 1 else [[] for _ in range(batch)]
+    return (
+        (torch.rand(batch, max(frames - 1, 0), generator=gen) < p_merge).tolist()
+        if frames > 1
+        else [[] for _ in range(batch)]
+    )
 
 
 # name: (pattern, lengths or None, max_tokens_per_group, zero frames)
@@ -92,8 +95,14 @@ def test_matches_reference(backend, name):
     h, lengths, max_tokens = _case(name)
     _check_margin(h, lengths)
     acoustic = torch.randn(h.shape[0], h.shape[1], 40, generator=torch.Generator().manual_seed(9))
-    out = merge(h, lengths, threshold=THRESHOLD, max_tokens_per_group=max_tokens,
-                streams=(h, acoustic), backend=backend)
+    out = merge(
+        h,
+        lengths,
+        threshold=THRESHOLD,
+        max_tokens_per_group=max_tokens,
+        streams=(h, acoustic),
+        backend=backend,
+    )
     seg = ref.segment(h, THRESHOLD, max_tokens, lengths)
     _assert_segments_equal(out, seg)
     if backend == "torch":
@@ -109,6 +118,7 @@ def test_matches_reference(backend, name):
 
 def test_case_properties():
     """The named cases really are what they claim (reference segmentation)."""
+
     def seg(name):
         h, lengths, max_tokens = _case(name)
         return ref.segment(h, THRESHOLD, max_tokens, lengths)
@@ -128,33 +138,45 @@ def test_fp16_inputs(backend):
     """Half inputs: similarities are computed in fp32 from the half values, means are fp32
     means rounded once, so both equal the fp32 reference on the upcast values."""
     h, lengths, max_tokens = _case("odd_T_mixed_padded_tails", torch.float16)
-    out = merge(h, lengths, threshold=THRESHOLD, max_tokens_per_group=max_tokens, streams=(h,),
-                backend=backend)
+    out = merge(
+        h,
+        lengths,
+        threshold=THRESHOLD,
+        max_tokens_per_group=max_tokens,
+        streams=(h,),
+        backend=backend,
+    )
     seg = ref.segment(h.float(), THRESHOLD, max_tokens, lengths)
     _assert_segments_equal(out, seg)
     expected = ref.group_means(h.float(), seg.group_ids, seg.max_groups).half()
     assert out.means[0].dtype == torch.float16
-    assert torch.equal(out.means[0][:, :seg.max_groups], expected)
+    assert torch.equal(out.means[0][:, : seg.max_groups], expected)
 
 
 def test_bf16_torch_path():
     # bf16 stores truncate under the interpreter (design §5); bf16 is compiled in test_aot.
     h, lengths, max_tokens = _case("odd_T_mixed_padded_tails", torch.bfloat16)
-    out = merge(h, lengths, threshold=THRESHOLD, max_tokens_per_group=max_tokens, streams=(h,),
-                backend="torch")
+    out = merge(
+        h,
+        lengths,
+        threshold=THRESHOLD,
+        max_tokens_per_group=max_tokens,
+        streams=(h,),
+        backend="torch",
+    )
     seg = ref.segment(h.float(), THRESHOLD, max_tokens, lengths)
     _assert_segments_equal(out, seg)
     expected = ref.group_means(h.float(), seg.group_ids, seg.max_groups).bfloat16()
-    assert torch.equal(out.means[0][:, :seg.max_groups], expected)
+    assert torch.equal(out.means[0][:, : seg.max_groups], expected)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_means_backward(backend):
     h, lengths, max_tokens = _case("odd_T_mixed_padded_tails")
-    seg = segment(h, lengths, threshold=THRESHOLD, max_tokens_per_group=max_tokens,
-                  backend=backend)
-    grad = torch.randn(h.shape[0], h.shape[1], h.shape[2],
-                       generator=torch.Generator().manual_seed(5))
+    seg = segment(h, lengths, threshold=THRESHOLD, max_tokens_per_group=max_tokens, backend=backend)
+    grad = torch.randn(
+        h.shape[0], h.shape[1], h.shape[2], generator=torch.Generator().manual_seed(5)
+    )
     x = h.clone().requires_grad_()
     group_means(x, seg, backend=backend).backward(grad)
     x_ref = h.clone().requires_grad_()
@@ -189,14 +211,21 @@ def test_empty_batch_and_strided_frames(backend):
     empty = segment(torch.zeros(0, 5, 8), threshold=0.5, backend=backend)
     assert empty.group_ids.shape == (0, 5) and empty.num_groups.shape == (0,)
     h, lengths, max_tokens = _case("odd_T_mixed_padded_tails")
-    wide = torch.cat([h, torch.randn_like(h)], dim=2)[..., :h.shape[2]]  # row stride 2D
+    wide = torch.cat([h, torch.randn_like(h)], dim=2)[..., : h.shape[2]]  # row stride 2D
     spaced = torch.stack([lengths, torch.zeros_like(lengths)], dim=1)[:, 0]  # stride 2
-    out = merge(wide, spaced, threshold=THRESHOLD, max_tokens_per_group=max_tokens,
-                streams=(wide,), backend=backend)
+    out = merge(
+        wide,
+        spaced,
+        threshold=THRESHOLD,
+        max_tokens_per_group=max_tokens,
+        streams=(wide,),
+        backend=backend,
+    )
     seg = ref.segment(h, THRESHOLD, max_tokens, lengths)
     _assert_segments_equal(out, seg)
-    assert torch.equal(out.means[0][:, :seg.max_groups],
-                       ref.group_means(h, seg.group_ids, seg.max_groups))
+    assert torch.equal(
+        out.means[0][:, : seg.max_groups], ref.group_means(h, seg.group_ids, seg.max_groups)
+    )
 
 
 def test_non_positive_max_tokens_disables_the_cap():
@@ -216,12 +245,22 @@ def test_torch_path_many_groups():
 
 def test_opcheck():
     h, lengths, max_tokens = _case("odd_T_mixed_padded_tails")
-    torch.library.opcheck(torch.ops.flexicodec_fast.merge_segment.default,
-                          (h, lengths, THRESHOLD, max_tokens, "torch"))
+    torch.library.opcheck(
+        torch.ops.flexicodec_fast.merge_segment.default,
+        (h, lengths, THRESHOLD, max_tokens, "torch"),
+    )
     seg = segment(h, lengths, threshold=THRESHOLD, max_tokens_per_group=max_tokens)
-    torch.library.opcheck(torch.ops.flexicodec_fast.merge_group_means.default,
-                          (h.clone().requires_grad_(), seg.group_ids, seg.group_starts,
-                           seg.token_lengths, seg.num_groups, "torch"))
+    torch.library.opcheck(
+        torch.ops.flexicodec_fast.merge_group_means.default,
+        (
+            h.clone().requires_grad_(),
+            seg.group_ids,
+            seg.group_starts,
+            seg.token_lengths,
+            seg.num_groups,
+            "torch",
+        ),
+    )
 
 
 def test_errors():

@@ -168,10 +168,14 @@ def test_small_blocks_and_non_power_of_two_dims(monkeypatch):
     q = module.quantizers
     with torch.no_grad():
         cb = torch.stack([s.codebook.weight for s in q])
-        weights = (torch.stack([s.in_proj.weight()[:, :, 0] for s in q]),
-                   torch.stack([s.in_proj.bias for s in q]), cb, F.normalize(cb, dim=-1),
-                   torch.stack([s.out_proj.weight()[:, :, 0] for s in q]),
-                   torch.stack([s.out_proj.bias for s in q]))
+        weights = (
+            torch.stack([s.in_proj.weight()[:, :, 0] for s in q]),
+            torch.stack([s.in_proj.bias for s in q]),
+            cb,
+            F.normalize(cb, dim=-1),
+            torch.stack([s.out_proj.weight()[:, :, 0] for s in q]),
+            torch.stack([s.out_proj.bias for s in q]),
+        )
     x = _x(2, 18, dim=40)
     ref_codes, ref_sum = rvq_encode(x, *weights, backend="torch")
     with torch.no_grad():
@@ -180,8 +184,12 @@ def test_small_blocks_and_non_power_of_two_dims(monkeypatch):
     codes, total = rvq_encode(x, *weights, backend="triton")
     assert torch.equal(codes, ref_codes)
     torch.testing.assert_close(total, ref_sum, rtol=RTOL, atol=ATOL)
-    torch.testing.assert_close(rvq_decode(codes, *weights[2:3], *weights[4:], backend="triton"),
-                               z_q.transpose(1, 2), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(
+        rvq_decode(codes, *weights[2:3], *weights[4:], backend="triton"),
+        z_q.transpose(1, 2),
+        rtol=RTOL,
+        atol=ATOL,
+    )
 
 
 def test_torch_path_chunks_the_distance_matrix(monkeypatch):
@@ -197,11 +205,15 @@ def test_opcheck():
     module = _module()
     weights = _weights(module)
     x = _x(2, 5)
-    torch.library.opcheck(torch.ops.flexicodec_fast.rvq_encode.default,
-                          (x, *weights, 3, torch.tensor([5, 2]), "torch"))
+    torch.library.opcheck(
+        torch.ops.flexicodec_fast.rvq_encode.default,
+        (x, *weights, 3, torch.tensor([5, 2]), "torch"),
+    )
     codes = torch.randint(0, SIZE, (2, 3, 5))
-    torch.library.opcheck(torch.ops.flexicodec_fast.rvq_decode.default,
-                          (codes, weights[2], weights[4], weights[5], "torch"))
+    torch.library.opcheck(
+        torch.ops.flexicodec_fast.rvq_decode.default,
+        (codes, weights[2], weights[4], weights[5], "torch"),
+    )
 
 
 def test_errors():
@@ -232,5 +244,13 @@ def test_errors():
     with pytest.raises(ValueError, match=r"out_w must be of shape \[4, 48, 8\]"):
         rvq_decode(torch.zeros(2, 1, 5, dtype=torch.long), cb, out_w[..., :7], out_b)
     with pytest.raises(ValueError, match="x must have a contiguous last dimension"):
-        rvq_encode(x.transpose(1, 2).contiguous().transpose(1, 2), in_w, in_b, cb, cb_norm,
-                   out_w, out_b, backend="triton")
+        rvq_encode(
+            x.transpose(1, 2).contiguous().transpose(1, 2),
+            in_w,
+            in_b,
+            cb,
+            cb_norm,
+            out_w,
+            out_b,
+            backend="triton",
+        )

@@ -51,8 +51,15 @@ def _snake_ulps(out, x, alpha) -> float:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtypes", [(torch.float32, None), (torch.float16, None),
-                                    (torch.bfloat16, None), (torch.float16, torch.float32)])
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        (torch.float32, None),
+        (torch.float16, None),
+        (torch.bfloat16, None),
+        (torch.float16, torch.float32),
+    ],
+)
 def test_torch_path_bit_identical(shape, dtypes):
     x, alpha = _inputs(shape, *dtypes)
     out = snake(x, alpha, backend="torch")
@@ -147,15 +154,18 @@ def test_empty_and_opcheck():
     x, alpha = _inputs((2, 3, 20))
     torch.library.opcheck(torch.ops.flexicodec_fast.snake.default, (x, alpha, "torch"))
     x.requires_grad_()
-    torch.library.opcheck(torch.ops.flexicodec_fast.snake.default, (x, alpha, "torch"),
-                          test_utils=("test_schema", "test_faketensor",
-                                      "test_autograd_registration"))
+    torch.library.opcheck(
+        torch.ops.flexicodec_fast.snake.default,
+        (x, alpha, "torch"),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
 
 
 def test_compiles_with_torch_compile():
     x, alpha = _inputs((2, 3, 20))
-    compiled = torch.compile(lambda a, b: snake(a, b, backend="torch") * 2, backend="eager",
-                             fullgraph=True)
+    compiled = torch.compile(
+        lambda a, b: snake(a, b, backend="torch") * 2, backend="eager", fullgraph=True
+    )
     assert torch.equal(compiled(x, alpha), reference_snake(x, alpha) * 2)
 
 

@@ -17,9 +17,12 @@ BACKENDS = ["torch", "triton"]
 
 def official_unmerge(sem, ac, token_lengths, T):
     """Per-item repeat_interleave + pad (the official loop), cut or zero-padded to T."""
+
     def expand(stream):
-        rows = [torch.repeat_interleave(stream[b], token_lengths[b], dim=0)
-                for b in range(stream.shape[0])]
+        rows = [
+            torch.repeat_interleave(stream[b], token_lengths[b], dim=0)
+            for b in range(stream.shape[0])
+        ]
         out = pad_sequence(rows, batch_first=True)[:, :T]
         return F.pad(out, (0, 0, 0, T - out.shape[1]))
 
@@ -73,8 +76,9 @@ def test_bf16_torch_path_bit_for_bit():
     # The interpreter's bf16 arithmetic truncates (design §5), so bf16 is checked on the torch
     # path here and compiled for the GPU in test_aot.py.
     sem, ac, lengths = _case(CASES["mixed_with_padded_groups"], dtype=torch.bfloat16)
-    assert torch.equal(unmerge(sem, ac, lengths, 17, backend="torch"),
-                       official_unmerge(sem, ac, lengths, 17))
+    assert torch.equal(
+        unmerge(sem, ac, lengths, 17, backend="torch"), official_unmerge(sem, ac, lengths, 17)
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -96,8 +100,9 @@ def test_addition_order_and_signed_zero(backend):
     out = unmerge(sem, None, lengths, 4, backend=backend)
     assert torch.equal(out.signbit(), official_unmerge(sem, None, lengths, 4).signbit())
     out = unmerge(sem, -torch.zeros_like(sem), lengths, 4, backend=backend)
-    assert torch.equal(out.signbit(), official_unmerge(sem, -torch.zeros_like(sem), lengths,
-                                                       4).signbit())
+    assert torch.equal(
+        out.signbit(), official_unmerge(sem, -torch.zeros_like(sem), lengths, 4).signbit()
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -112,8 +117,9 @@ def test_conv_layout_needs_contiguous_rows_for_triton():
     conv_layout = torch.randn(2, 4, 3)  # [B, D, G], the official layout
     sem = conv_layout.transpose(1, 2)  # [B, G, D] with a strided last dimension
     lengths = torch.tensor([[1, 2, 1], [3, 0, 0]])
-    assert torch.equal(unmerge(sem, None, lengths, 4, backend="torch"),
-                       official_unmerge(sem, None, lengths, 4))
+    assert torch.equal(
+        unmerge(sem, None, lengths, 4, backend="torch"), official_unmerge(sem, None, lengths, 4)
+    )
     with pytest.raises(ValueError, match="sem must have a contiguous last dimension"):
         unmerge(sem, None, lengths, 4, backend="triton")
 
@@ -131,10 +137,12 @@ def test_torch_path_many_groups():
 
 def test_opcheck():
     sem, ac, lengths = _case(CASES["mixed_with_padded_groups"])
-    torch.library.opcheck(torch.ops.flexicodec_fast.unmerge.default,
-                          (sem, ac, lengths, 17, "torch"))
-    torch.library.opcheck(torch.ops.flexicodec_fast.unmerge.default,
-                          (sem, None, lengths, 17, "torch"))
+    torch.library.opcheck(
+        torch.ops.flexicodec_fast.unmerge.default, (sem, ac, lengths, 17, "torch")
+    )
+    torch.library.opcheck(
+        torch.ops.flexicodec_fast.unmerge.default, (sem, None, lengths, 17, "torch")
+    )
 
 
 def test_errors():

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 import yaml
-from safetensors.torch import save_file
-
-import flexicodec_fast as ff
 from flexicodec_fast.reference.checkpoint import UNUSED_PREFIXES, build_from_state_dicts
 from flexicodec_fast.reference.config import FlexiCodecConfig, SenseVoiceConfig
 from flexicodec_fast.reference.model import FlexiCodec
+from safetensors.torch import save_file
+
+import flexicodec_fast as ff
 
 
 def _write_config(path, model: dict):
@@ -20,12 +20,15 @@ def _write_config(path, model: dict):
 
 
 def test_full_size_manifest_loads_with_nothing_missing(fixture_dir):
-    manifest = json.loads((fixture_dir.parent / "official_full_state_dict_manifest.json").read_text())
+    manifest = json.loads(
+        (fixture_dir.parent / "official_full_state_dict_manifest.json").read_text()
+    )
     entries = manifest["state_dict"]
     assert len(entries) == manifest["num_state_dict_entries"] == 1897
     gen = torch.Generator().manual_seed(0)
     state = {
-        k: torch.randn(v["shape"], generator=gen, dtype=getattr(torch, v["dtype"])) for k, v in entries.items()
+        k: torch.randn(v["shape"], generator=gen, dtype=getattr(torch, v["dtype"]))
+        for k, v in entries.items()
     }
     config = FlexiCodecConfig.from_dict(manifest["config"])
     model, report = build_from_state_dicts(config, state)
@@ -33,21 +36,30 @@ def test_full_size_manifest_loads_with_nothing_missing(fixture_dir):
     assert set(model.state_dict()) == used
     assert set(report.skipped) == set(entries) - used
     assert all(k.startswith(UNUSED_PREFIXES) for k in report.skipped)
-    for key in ("dac.decoder.model.1.block.1.weight_v", "semantic_model.encoder.encoders.48.norm1.weight"):
+    for key in (
+        "dac.decoder.model.1.block.1.weight_v",
+        "semantic_model.encoder.encoders.48.norm1.weight",
+    ):
         assert torch.equal(model.state_dict()[key], state[key])
-    assert model.semantic_model.cfg.num_blocks == 50 and model.semantic_model.cfg.linear_units == 2048
+    assert (
+        model.semantic_model.cfg.num_blocks == 50 and model.semantic_model.cfg.linear_units == 2048
+    )
 
 
 def test_fp16_checkpoint_and_new_weight_norm_spelling(fixture_dir, fixture_state_dict, tmp_path):
     state = {}
     for k, v in fixture_state_dict.items():
-        for old, new in (("weight_g", "parametrizations.weight.original0"),
-                         ("weight_v", "parametrizations.weight.original1")):
+        for old, new in (
+            ("weight_g", "parametrizations.weight.original0"),
+            ("weight_v", "parametrizations.weight.original1"),
+        ):
             if k.endswith(old):
                 k = k[: -len(old)] + new
         state[k] = v.half()
     save_file(state, str(tmp_path / "half.safetensors"))
-    model = ff.prepare_model(tmp_path / "half.safetensors", fixture_dir / "config.yaml", device="cpu")
+    model = ff.prepare_model(
+        tmp_path / "half.safetensors", fixture_dir / "config.yaml", device="cpu"
+    )
     assert model.load_report.upcast_dtypes == {"float16"}
     key = "dac.encoder.block.0.weight_v"
     assert torch.equal(model.state_dict()[key], fixture_state_dict[key].half().float())
@@ -59,29 +71,56 @@ def test_sensevoice_weights_from_separate_folder(fixture_dir, fixture_state_dict
     save_file(codec, str(tmp_path / "codec.safetensors"))
     folder = tmp_path / "SenseVoiceSmall"
     folder.mkdir()
-    torch.save({k[len(prefix):]: v for k, v in fixture_state_dict.items() if k.startswith(prefix)},
-               folder / "model.pt")
+    torch.save(
+        {k[len(prefix) :]: v for k, v in fixture_state_dict.items() if k.startswith(prefix)},
+        folder / "model.pt",
+    )
     (folder / "config.yaml").write_text((fixture_dir / "sensevoice_config.yaml").read_text())
     (folder / "am.mvn").write_text((fixture_dir / "am.mvn").read_text())
-    model = ff.prepare_model(tmp_path / "codec.safetensors", fixture_dir / "config.yaml", folder, "cpu")
-    reference = ff.prepare_model(fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu")
+    model = ff.prepare_model(
+        tmp_path / "codec.safetensors", fixture_dir / "config.yaml", folder, "cpu"
+    )
+    reference = ff.prepare_model(
+        fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu"
+    )
     assert "model.pt" in model.load_report.sensevoice_source
     for k, v in reference.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
 
 
 VARIANT = {
-    "sample_rate": 16000, "encoder_dim": 4, "encoder_rates": [4, 4, 5, 8, 2], "latent_dim": 48,
-    "decoder_dim": 32, "decoder_rates": [2, 8, 5, 4, 4], "n_codebooks": 3, "codebook_size": 32,
-    "codebook_dim": 4, "fsq_config": {"levels": [7, 5, 5, 4]}, "convnext_dim": 40,
-    "convnext_layers": 2, "is_causal": False, "use_similarity_alignment": True,
-    "similarity_threshold": 0.9, "semantic_downsample_factor": 1.33333, "semantic_model_type": "sensevoice",
-    "use_bottleneck_transformer": True, "transformer_num_layers": 2, "transformer_dim": 32,
-    "transformer_dim_feedforward": 64, "transformer_num_heads": 2, "max_tokens_per_group": 3,
-    "use_query_token_aggregator": True, "agg_transformer_num_layers": 1, "agg_transformer_dim": 64,
-    "agg_transformer_num_heads": 2, "agg_transformer_dim_feedforward": 96,
+    "sample_rate": 16000,
+    "encoder_dim": 4,
+    "encoder_rates": [4, 4, 5, 8, 2],
+    "latent_dim": 48,
+    "decoder_dim": 32,
+    "decoder_rates": [2, 8, 5, 4, 4],
+    "n_codebooks": 3,
+    "codebook_size": 32,
+    "codebook_dim": 4,
+    "fsq_config": {"levels": [7, 5, 5, 4]},
+    "convnext_dim": 40,
+    "convnext_layers": 2,
+    "is_causal": False,
+    "use_similarity_alignment": True,
+    "similarity_threshold": 0.9,
+    "semantic_downsample_factor": 1.33333,
+    "semantic_model_type": "sensevoice",
+    "use_bottleneck_transformer": True,
+    "transformer_num_layers": 2,
+    "transformer_dim": 32,
+    "transformer_dim_feedforward": 64,
+    "transformer_num_heads": 2,
+    "max_tokens_per_group": 3,
+    "use_query_token_aggregator": True,
+    "agg_transformer_num_layers": 1,
+    "agg_transformer_dim": 64,
+    "agg_transformer_num_heads": 2,
+    "agg_transformer_dim_feedforward": 96,
 }
-SMALL_SENSEVOICE = SenseVoiceConfig(output_size=512, attention_heads=4, linear_units=64, num_blocks=2)
+SMALL_SENSEVOICE = SenseVoiceConfig(
+    output_size=512, attention_heads=4, linear_units=64, num_blocks=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +130,22 @@ def variant_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("variant")
     torch.manual_seed(3)
     model = FlexiCodec(FlexiCodecConfig.from_dict(VARIANT), SMALL_SENSEVOICE)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(folder / "model.safetensors"),
+    )
     return folder / "model.safetensors", _write_config(folder / "config.yaml", VARIANT), model
 
 
 def test_variant_has_projection_keys_and_loads(variant_files):
     ckpt, config, built = variant_files
     keys = set(built.state_dict())
-    for key in ("bottleneck_transformer.input_proj.weight", "bottleneck_transformer.output_projs.0.weight",
-                "semantic_aggregator.transformer.input_proj.weight",
-                "semantic_aggregator.transformer.output_projs.0.weight"):
+    for key in (
+        "bottleneck_transformer.input_proj.weight",
+        "bottleneck_transformer.output_projs.0.weight",
+        "semantic_aggregator.transformer.input_proj.weight",
+        "semantic_aggregator.transformer.output_projs.0.weight",
+    ):
         assert key in keys
     assert "acoustic_aggregator.transformer.input_proj.weight" not in keys  # width = latent_dim
     assert built.state_dict()["bottleneck_transformer.input_proj.weight"].shape == (32, 48)
@@ -149,10 +194,13 @@ def test_config_that_does_not_fit_checkpoint(fixture_dir, tmp_path):
         ff.prepare_model(fixture_dir / "model.safetensors", tmp_path / "c.yaml", device="cpu")
 
 
-@pytest.mark.parametrize("content,match", [
-    (None, "no such file"),
-    (b"not a safetensors file", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (None, "no such file"),
+        (b"not a safetensors file", "cannot read"),
+    ],
+)
 def test_missing_or_corrupt_checkpoint(fixture_dir, tmp_path, content, match):
     path = tmp_path / "x.safetensors"
     if content is not None:
@@ -186,8 +234,10 @@ class Payload:
 def test_torch_checkpoint_is_read_weights_only(fixture_dir, fixture_state_dict, tmp_path):
     torch.save(fixture_state_dict, tmp_path / "m.pt")
     model = ff.prepare_model(tmp_path / "m.pt", fixture_dir / "config.yaml", device="cpu")
-    assert torch.equal(model.state_dict()["semantic_vq.fsq.project_in.weight"],
-                       fixture_state_dict["semantic_vq.fsq.project_in.weight"])
+    assert torch.equal(
+        model.state_dict()["semantic_vq.fsq.project_in.weight"],
+        fixture_state_dict["semantic_vq.fsq.project_in.weight"],
+    )
 
     torch.save({"x": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(ff.CheckpointError, match="cannot read"):

@@ -9,7 +9,9 @@ import flexicodec_fast as ff
 
 @pytest.fixture(scope="module")
 def model(fixture_dir):
-    return ff.prepare_model(fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu")
+    return ff.prepare_model(
+        fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu"
+    )
 
 
 def test_batch_invariance_on_random_lengths(model):
@@ -20,7 +22,9 @@ def test_batch_invariance_on_random_lengths(model):
     # Noise in the padding must not matter.
     with torch.no_grad():
         batched = model.encode(audio, lens, num_quantizers=5, merging_threshold=0.95)
-        decoded = model.decode(batched["semantic_codes"], batched["acoustic_codes"], batched["token_lengths"])
+        decoded = model.decode(
+            batched["semantic_codes"], batched["acoustic_codes"], batched["token_lengths"]
+        )
         for i, n in enumerate(lens.tolist()):
             single = model.encode(audio[i : i + 1, :n], None, 5, 0.95)
             groups = int(single["total_frames"][0])
@@ -28,7 +32,9 @@ def test_batch_invariance_on_random_lengths(model):
             for key in ("token_lengths", "semantic_codes", "acoustic_codes"):
                 assert torch.equal(batched[key][i, ..., :groups], single[key][0]), key
                 assert not batched[key][i, ..., groups:].any()
-            wav = model.decode(single["semantic_codes"], single["acoustic_codes"], single["token_lengths"])
+            wav = model.decode(
+                single["semantic_codes"], single["acoustic_codes"], single["token_lengths"]
+            )
             torch.testing.assert_close(decoded[i, :, : wav.shape[-1]], wav[0], rtol=1e-5, atol=1e-5)
             assert not decoded[i, :, wav.shape[-1] :].any()
 
@@ -45,26 +51,29 @@ def test_outputs_are_deterministic(model):
 GOOD = torch.zeros(1, 4000)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(audio=torch.zeros(1, 0)), "audio"),
-    (dict(audio=torch.zeros(0, 4000)), "audio"),
-    (dict(audio=torch.zeros(1, 1000)), "at least 1360 samples"),
-    (dict(audio=torch.full((1, 4000), float("nan"))), "NaN or Inf"),
-    (dict(audio=torch.tensor([[0.0] * 3999 + [float("inf")]])), "NaN or Inf"),
-    (dict(audio=torch.zeros(4000)), r"\[B, N\]"),
-    (dict(audio=torch.zeros(1, 1, 4000)), r"\[B, N\]"),
-    (dict(audio=torch.zeros(1, 4000, dtype=torch.int16)), "float"),
-    (dict(audio=[0.0] * 4000), "audio"),
-    (dict(audio=GOOD, num_quantizers=0), "num_quantizers"),
-    (dict(audio=GOOD, num_quantizers=6), r"num_quantizers: expected an int in \[1, 5\]"),
-    (dict(audio=GOOD, num_quantizers=2.0), "num_quantizers"),
-    (dict(audio=GOOD, merging_threshold=float("nan")), "merging_threshold"),
-    (dict(audio=GOOD, merging_threshold="0.9"), "merging_threshold"),
-    (dict(audio=GOOD, audio_lens=torch.tensor([5000])), "audio_lens"),
-    (dict(audio=GOOD, audio_lens=torch.tensor([1000])), "audio_lens"),
-    (dict(audio=GOOD, audio_lens=torch.tensor([4000.0])), "audio_lens"),
-    (dict(audio=GOOD, audio_lens=torch.tensor([4000, 4000])), "audio_lens"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(audio=torch.zeros(1, 0)), "audio"),
+        (dict(audio=torch.zeros(0, 4000)), "audio"),
+        (dict(audio=torch.zeros(1, 1000)), "at least 1360 samples"),
+        (dict(audio=torch.full((1, 4000), float("nan"))), "NaN or Inf"),
+        (dict(audio=torch.tensor([[0.0] * 3999 + [float("inf")]])), "NaN or Inf"),
+        (dict(audio=torch.zeros(4000)), r"\[B, N\]"),
+        (dict(audio=torch.zeros(1, 1, 4000)), r"\[B, N\]"),
+        (dict(audio=torch.zeros(1, 4000, dtype=torch.int16)), "float"),
+        (dict(audio=[0.0] * 4000), "audio"),
+        (dict(audio=GOOD, num_quantizers=0), "num_quantizers"),
+        (dict(audio=GOOD, num_quantizers=6), r"num_quantizers: expected an int in \[1, 5\]"),
+        (dict(audio=GOOD, num_quantizers=2.0), "num_quantizers"),
+        (dict(audio=GOOD, merging_threshold=float("nan")), "merging_threshold"),
+        (dict(audio=GOOD, merging_threshold="0.9"), "merging_threshold"),
+        (dict(audio=GOOD, audio_lens=torch.tensor([5000])), "audio_lens"),
+        (dict(audio=GOOD, audio_lens=torch.tensor([1000])), "audio_lens"),
+        (dict(audio=GOOD, audio_lens=torch.tensor([4000.0])), "audio_lens"),
+        (dict(audio=GOOD, audio_lens=torch.tensor([4000, 4000])), "audio_lens"),
+    ],
+)
 def test_bad_encode_input(model, kwargs, match):
     with pytest.raises(ff.InputError, match=match):
         model.encode(**{"num_quantizers": 4, **kwargs})
@@ -72,22 +81,27 @@ def test_bad_encode_input(model, kwargs, match):
 
 def _codes(model):
     with torch.no_grad():
-        return model.encode(torch.randn(1, 6000, generator=torch.Generator().manual_seed(2)) * 0.1, num_quantizers=4)
+        return model.encode(
+            torch.randn(1, 6000, generator=torch.Generator().manual_seed(2)) * 0.1, num_quantizers=4
+        )
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda s, a, t: (s.float(), a, t), "semantic_codes"),
-    (lambda s, a, t: (s[:, 0], a, t), "semantic_codes"),
-    (lambda s, a, t: (s + 40000, a, t), r"semantic_codes: expected values in \[0, 32768\)"),
-    (lambda s, a, t: (s - s - 1, a, t), "semantic_codes"),
-    (lambda s, a, t: (s, a + 64, t), r"acoustic_codes: expected values in \[0, 64\)"),
-    (lambda s, a, t: (s, torch.cat([a, a], dim=1), t), "acoustic_codes"),
-    (lambda s, a, t: (s, a[..., :-1], t), "acoustic_codes"),
-    (lambda s, a, t: (s, a, t[:, :-1]), "token_lengths"),
-    (lambda s, a, t: (s, a, -t), "token_lengths"),
-    (lambda s, a, t: (s, a, t * 0), "token_lengths"),
-    (lambda s, a, t: (s, a, t.float()), "token_lengths"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda s, a, t: (s.float(), a, t), "semantic_codes"),
+        (lambda s, a, t: (s[:, 0], a, t), "semantic_codes"),
+        (lambda s, a, t: (s + 40000, a, t), r"semantic_codes: expected values in \[0, 32768\)"),
+        (lambda s, a, t: (s - s - 1, a, t), "semantic_codes"),
+        (lambda s, a, t: (s, a + 64, t), r"acoustic_codes: expected values in \[0, 64\)"),
+        (lambda s, a, t: (s, torch.cat([a, a], dim=1), t), "acoustic_codes"),
+        (lambda s, a, t: (s, a[..., :-1], t), "acoustic_codes"),
+        (lambda s, a, t: (s, a, t[:, :-1]), "token_lengths"),
+        (lambda s, a, t: (s, a, -t), "token_lengths"),
+        (lambda s, a, t: (s, a, t * 0), "token_lengths"),
+        (lambda s, a, t: (s, a, t.float()), "token_lengths"),
+    ],
+)
 def test_bad_decode_input(model, change, match):
     enc = _codes(model)
     args = change(enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
