@@ -4,6 +4,7 @@
 `fast_encode` / `fast_decode` run its weights through fused kernels.
 """
 
+from .fast import fast_decode, fast_encode
 from .loading import prepare_model
 from .reference.errors import CheckpointError, CodesFileError, FlexiCodecError, InputError
 
@@ -15,5 +16,7 @@ __all__ = [
     "FlexiCodecError",
     "InputError",
     "__version__",
+    "fast_decode",
+    "fast_encode",
     "prepare_model",
 ]
