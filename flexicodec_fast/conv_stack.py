@@ -1,5 +1,10 @@
 """The DAC encoder and decoder as flat programs of folded convolutions (fast path).
 
+Long inputs run in chunks of `CHUNK_FRAMES` frames, each with `context` frames of real signal
+on both sides, where `context` covers the stack's receptive field (computed from its layers):
+every kept output then sees exactly the inputs it sees in one whole-sequence pass, so memory
+is bounded by the chunk size while results stay those of the whole computation.
+
 Built once from the reference modules: weight norm is folded (`torch._weight_norm`, the
 function the official hooks call, so the weights are bit-identical), Snake runs through the
 fused op, and activations are updated in place wherever the reference allocates a fresh
@@ -10,6 +15,7 @@ of different lengths, and zeroes in place; Snake maps 0 to 0, so it needs no mas
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +56,15 @@ class Conv:
             isinstance(module, WNConvTranspose1d),
         )
 
+    def reach(self, resolution: float) -> tuple[float, float]:
+        """(left, right) input span an output position depends on, in units where one
+        position of this layer's input is `resolution`; an upper bound for transposed ones."""
+        kernel = self.weight.shape[-1]
+        if self.transposed:
+            span = math.ceil(kernel / self.stride) * resolution
+            return span, span
+        return self.padding * resolution, ((kernel - 1) * self.dilation - self.padding) * resolution
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.transposed:
             return F.conv_transpose1d(x, self.weight, self.bias, self.stride, self.padding)
@@ -71,6 +86,48 @@ class Masks:
 
 def _alpha(module: Snake1d) -> torch.Tensor:
     return module.alpha.detach()
+
+
+CHUNK_FRAMES = 1024
+
+
+def _receptive_frames(convs: list[tuple[Conv, float]], frame: float) -> int:
+    """Frames of context that cover the receptive field of `(conv, input resolution)` pairs,
+    with the resolution in the same units as `frame` (the span of one frame)."""
+    left = right = 0.0
+    for conv, resolution in convs:
+        a, b = conv.reach(resolution)
+        left, right = left + a, right + b
+    return math.ceil(max(left, right) / frame) + 1
+
+
+def _run_chunked(
+    run,
+    x: torch.Tensor,
+    lengths,
+    in_per_frame: int,
+    out_per_frame: int,
+    out_length: int,
+    context: int,
+) -> torch.Tensor:
+    """Apply `run(x_chunk, lengths_chunk)` to chunks of `CHUNK_FRAMES` frames with `context`
+    frames either side, keeping each chunk's own frames. Frame f covers input positions
+    `[f * in_per_frame, ...)` and output positions `[f * out_per_frame, ...)`; the last chunk
+    keeps everything up to `out_length`."""
+    frames = math.ceil(x.shape[-1] / in_per_frame)
+    if frames <= CHUNK_FRAMES + 2 * context:
+        return run(x, lengths)
+    pieces = []
+    for start in range(0, frames, CHUNK_FRAMES):
+        end = min(frames, start + CHUNK_FRAMES)
+        a, b = max(0, start - context), min(frames, end + context)
+        piece_lengths = None
+        if lengths is not None:
+            piece_lengths = (lengths - a * in_per_frame).clamp(0, (b - a) * in_per_frame)
+        y = run(x[..., a * in_per_frame : b * in_per_frame], piece_lengths)
+        keep_to = (end - a) * out_per_frame if end < frames else y.shape[-1]
+        pieces.append(y[..., (start - a) * out_per_frame : keep_to])
+    return torch.cat(pieces, dim=-1)[..., :out_length]
 
 
 class FastResidualUnit:
@@ -108,8 +165,22 @@ class FastEncoder:
             )
         self.last_alpha = _alpha(last_snake)
         self.last = Conv.fold(last_conv)
+        self.hop = math.prod(stride for *_, stride in self.blocks)
+        convs, resolution = [(self.first, 1)], 1
+        for units, _, down, stride in self.blocks:
+            convs += [(c, resolution) for u in units for c in (u.conv1, u.conv2)]
+            convs.append((down, resolution))
+            resolution *= stride
+        convs.append((self.last, resolution))
+        self.context = _receptive_frames(convs, self.hop)
 
     def __call__(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x `[B, 1, N]`, N a multiple of the hop; lengths `[B]` samples (multiples of the hop)."""
+        return _run_chunked(
+            self._run, x, lengths, self.hop, 1, x.shape[-1] // self.hop, self.context
+        )
+
+    def _run(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         masks = Masks(lengths, x.shape[-1])
         lengths = masks.lengths
         x = masks.apply_(self.first(masks.apply_(x.clone(), lengths)), lengths)
@@ -137,8 +208,22 @@ class FastDecoder:
             )
         self.last_alpha = _alpha(last_snake)
         self.last = Conv.fold(last_conv)
+        self.hop = math.prod(block.stride for *_, block in self.blocks)
+        convs, resolution = [(self.first, 1.0)], 1.0
+        for _, up, units, block in self.blocks:
+            convs.append((up, resolution))
+            resolution /= block.stride
+            convs += [(c, resolution) for u in units for c in (u.conv1, u.conv2)]
+        convs.append((self.last, resolution))
+        self.context = _receptive_frames(convs, 1.0)
+        self.output_length = decoder.output_length
 
     def __call__(self, z: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """z `[B, latent, T]`; lengths `[B]` frames. Returns `[B, 1, output_length(T)]`."""
+        out_length = self.output_length(z.shape[-1])
+        return _run_chunked(self._run, z, lengths, 1, self.hop, out_length, self.context)
+
+    def _run(self, z: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         masks = Masks(lengths, z.shape[-1])
         lengths = masks.lengths
         x = masks.apply_(self.first(masks.apply_(z.clone(), lengths)), lengths)

@@ -25,6 +25,8 @@ from .kernels import rvq as krvq
 from .kernels import unmerge as kunmerge
 from .kernels._triton import select_backend
 from .reference.errors import InputError, describe
+from .reference.frontend import SHIFT, WINDOW, num_fbank_frames
+from .reference.frontend import check_audio as check_frontend_audio
 from .reference.model import FlexiCodec, _mask_after
 from .reference.resample import downsample_semantic
 from .resampling import resample, resampled_length
@@ -243,6 +245,27 @@ def _frame_rate_thresholds(similarity, frames, max_tokens, target: float):
     return torch.tensor(thresholds, dtype=torch.float64), torch.tensor(rates, dtype=torch.float64)
 
 
+FBANK_CHUNK_FRAMES = 30000
+
+
+def _features(frontend, audio, audio_lens, dither):
+    """The front-end; long deterministic inputs compute their fbank `FBANK_CHUNK_FRAMES`
+    frames (5 minutes) at a time. Every fbank frame depends only on its own 400 samples, so
+    the chunks meet exactly; only the stacked `[B, Tl, 560]` features exist whole. (The
+    official dither stream is one draw per item, so dithered inputs run whole.)"""
+    lens = check_frontend_audio(audio, audio_lens)
+    num_frames = num_fbank_frames(lens)
+    frames = int(num_frames.max())
+    if dither != 0.0 or frames <= 2 * FBANK_CHUNK_FRAMES:
+        return frontend(audio, audio_lens, dither)
+    pieces = []
+    for f0 in range(0, frames, FBANK_CHUNK_FRAMES):
+        f1 = min(frames, f0 + FBANK_CHUNK_FRAMES)
+        chunk = audio[:, f0 * SHIFT : (f1 - 1) * SHIFT + WINDOW]
+        pieces.append(frontend.fbank(chunk, torch.full_like(num_frames, f1 - f0)))
+    return frontend.lfr_cmvn(torch.cat(pieces, dim=1), num_frames)
+
+
 def fast_encode(
     audio: torch.Tensor,
     model,
@@ -298,7 +321,7 @@ def fast_encode(
 def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_frame_rate, dither):
     cfg = model.config
     batch = audio.shape[0]
-    features, feature_lens = model.frontend(audio, audio_lens, dither)
+    features, feature_lens = _features(model.frontend, audio, audio_lens, dither)
     hidden = fast.sensevoice(features, feature_lens).float()
     sem, sem_lens = downsample_semantic(
         hidden.transpose(1, 2).contiguous(), feature_lens, cfg.semantic_downsample_factor

@@ -208,31 +208,35 @@ def attention_torch(
 ):
     """Torch path: RoPE by `apply_rope`, then `F.scaled_dot_product_attention`.
 
-    A banded pattern runs one SDPA call per chunk of `TORCH_QUERY_CHUNK` queries over only
-    the keys its band reaches, so memory is O(L * (chunk + before + after)), not O(L^2).
+    Without masking (every key of every item visible) one mask-free SDPA call runs, which
+    PyTorch serves with its flash kernel: memory O(L), the whole hour-long case included.
+    Otherwise queries go `TORCH_QUERY_CHUNK` at a time over only the keys their band can
+    reach, so the boolean mask (which forces the math kernel) is O(chunk * keys), not O(L^2).
     Returns `[B, L, H*Dh]` with rows past each item's length zero.
     """
     batch, heads, length, head_dim = q.shape
     cos, sin = rope_tables(length, head_dim, max_period, device=q.device)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     positions = torch.arange(length, device=q.device)
+    if lengths is not None and bool((lengths >= length).all()):
+        lengths = None
+    banded, before, after = band_limits(length, window, causal, context)
+    if lengths is None and not banded:
+        out = F.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(batch, length, heads * head_dim)
     if lengths is None:
         lengths = torch.full((batch,), length, dtype=torch.int64, device=q.device)
     key_ok = (positions.view(1, -1) < lengths.view(-1, 1)).view(batch, 1, 1, length)
-    banded, before, after = band_limits(length, window, causal, context)
-    if not banded:
-        out = F.scaled_dot_product_attention(q, k, v, key_ok)
-    else:
-        chunks = []
-        for a0 in range(0, length, TORCH_QUERY_CHUNK):
-            a1 = min(length, a0 + TORCH_QUERY_CHUNK)
-            k0, k1 = max(0, a0 - before), min(length, a1 + after)
-            delta = positions[a0:a1].view(-1, 1) - positions[k0:k1].view(1, -1)
-            mask = key_ok[..., k0:k1] & (delta <= before) & (delta >= -after)
-            chunks.append(
-                F.scaled_dot_product_attention(q[:, :, a0:a1], k[:, :, k0:k1], v[:, :, k0:k1], mask)
-            )
-        out = torch.cat(chunks, dim=2)
+    chunks = []
+    for a0 in range(0, length, TORCH_QUERY_CHUNK):
+        a1 = min(length, a0 + TORCH_QUERY_CHUNK)
+        k0, k1 = max(0, a0 - before), min(length, a1 + after)
+        delta = positions[a0:a1].view(-1, 1) - positions[k0:k1].view(1, -1)
+        mask = key_ok[..., k0:k1] & (delta <= before) & (delta >= -after)
+        chunks.append(
+            F.scaled_dot_product_attention(q[:, :, a0:a1], k[:, :, k0:k1], v[:, :, k0:k1], mask)
+        )
+    out = torch.cat(chunks, dim=2)
     # Rows past an item's end may be NaN (no visible key): select zeros, do not multiply.
     query_ok = (positions.view(1, -1) < lengths.view(-1, 1)).view(batch, 1, length, 1)
     out = torch.where(query_ok, out, out.new_zeros(()))

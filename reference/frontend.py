@@ -125,7 +125,7 @@ def num_lfr_frames(audio_lens: torch.Tensor) -> torch.Tensor:
     return torch.div(num_fbank_frames(audio_lens) + LFR_N - 1, LFR_N, rounding_mode="floor")
 
 
-def _check_audio(audio, audio_lens) -> torch.Tensor:
+def check_audio(audio, audio_lens) -> torch.Tensor:
     """Validate the arguments; returns the lengths `[B]` int64 on the audio's device."""
     if not isinstance(audio, torch.Tensor) or audio.dim() != 2 or not audio.is_floating_point():
         raise InputError(f"audio: expected a float tensor [B, N], got {describe(audio)}")
@@ -218,22 +218,30 @@ class FrontEnd(nn.Module):
         `Tl_max = max(feat_lens)`. `dither=1.0` is the official (random) behaviour; the
         default 0.0 is deterministic.
         """
-        lens = _check_audio(audio, audio_lens)
+        lens = check_audio(audio, audio_lens)
         if isinstance(dither, bool) or not isinstance(dither, (int, float)) or not dither >= 0.0:
             raise InputError(f"dither: expected a number >= 0 (1.0 = official), got {dither!r}")
         audio = audio.to(torch.float32)
         num_frames = num_fbank_frames(lens)
-        feat_lens = num_lfr_frames(lens)
-        fbank = self.fbank(audio, num_frames, dither)
+        return self.lfr_cmvn(self.fbank(audio, num_frames, dither), num_frames)
 
-        # LFR frame t stacks fbank frames 6t-3 .. 6t+3, clamped to the item's own frames.
+    def lfr_cmvn(
+        self, fbank: torch.Tensor, num_frames: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack fbank `[B, F_max, 80]` into LFR frames and normalise: `[B, Tl_max, 560]`.
+
+        LFR frame t stacks fbank frames 6t-3 .. 6t+3, clamped to the item's own frames, so
+        rows of `fbank` past an item's `num_frames` are never read.
+        """
+        feat_lens = torch.div(num_frames + LFR_N - 1, LFR_N, rounding_mode="floor")
+        device = fbank.device
         t_max = int(feat_lens.max())
-        offsets = torch.arange(LFR_M, device=audio.device) - (LFR_M - 1) // 2
-        index = LFR_N * torch.arange(t_max, device=audio.device)[:, None] + offsets
+        offsets = torch.arange(LFR_M, device=device) - (LFR_M - 1) // 2
+        index = LFR_N * torch.arange(t_max, device=device)[:, None] + offsets
         index = torch.minimum(index.clamp_min(0)[None], (num_frames - 1)[:, None, None])
-        batch_index = torch.arange(audio.shape[0], device=audio.device)[:, None, None]
+        batch_index = torch.arange(fbank.shape[0], device=device)[:, None, None]
         stacked = rearrange(fbank[batch_index, index], "b t m d -> b t (m d)")
 
         feats = (stacked + self.cmvn_shift) * self.cmvn_scale
-        valid = torch.arange(t_max, device=audio.device)[None, :] < feat_lens[:, None]
+        valid = torch.arange(t_max, device=device)[None, :] < feat_lens[:, None]
         return feats.masked_fill(~valid[..., None], 0.0), feat_lens
