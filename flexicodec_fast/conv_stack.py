@@ -39,14 +39,14 @@ class Conv:
     transposed: bool
 
     @classmethod
-    def fold(cls, module) -> Conv:
+    def fold(cls, module, dtype: torch.dtype | None = None) -> Conv:
         if not isinstance(module, (WNConv1d, WNConvTranspose1d)):
             raise TypeError(
                 f"expected a weight-normalised convolution, got {type(module).__name__}"
             )
         with torch.no_grad():
-            weight = module.weight().detach().clone()
-        bias = None if module.bias is None else module.bias.detach()
+            weight = module.weight().detach().to(dtype=dtype, copy=True)
+        bias = None if module.bias is None else module.bias.detach().to(dtype)
         return cls(
             weight,
             bias,
@@ -84,8 +84,8 @@ class Masks:
         return x
 
 
-def _alpha(module: Snake1d) -> torch.Tensor:
-    return module.alpha.detach()
+def _alpha(module: Snake1d, dtype: torch.dtype | None) -> torch.Tensor:
+    return module.alpha.detach().to(dtype)
 
 
 CHUNK_FRAMES = 1024
@@ -131,10 +131,10 @@ def _run_chunked(
 
 
 class FastResidualUnit:
-    def __init__(self, unit: ResidualUnit):
+    def __init__(self, unit: ResidualUnit, dtype: torch.dtype | None):
         snake1, conv1, snake2, conv2 = unit.block
-        self.alpha1, self.alpha2 = _alpha(snake1), _alpha(snake2)
-        self.conv1, self.conv2 = Conv.fold(conv1), Conv.fold(conv2)
+        self.alpha1, self.alpha2 = _alpha(snake1, dtype), _alpha(snake2, dtype)
+        self.conv1, self.conv2 = Conv.fold(conv1, dtype), Conv.fold(conv2, dtype)
 
     def __call__(self, x: torch.Tensor, lengths, masks: Masks) -> torch.Tensor:
         y = masks.apply_(self.conv1(snake(x, self.alpha1)), lengths)
@@ -146,25 +146,27 @@ class FastResidualUnit:
 
 
 class FastEncoder:
-    """`[B, 1, N]` -> `[B, latent, N / hop]`, the reference `Encoder` with folded weights."""
+    """`[B, 1, N]` -> `[B, latent, N / hop]`, the reference `Encoder` with folded weights
+    (cast to `dtype`, e.g. bf16, when given: the stack then computes in that dtype)."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder, dtype: torch.dtype | None = None):
+        self.dtype = dtype
         first, *blocks, last_snake, last_conv = encoder.block
-        self.first = Conv.fold(first)
+        self.first = Conv.fold(first, dtype)
         self.blocks = []
         for block in blocks:
             assert isinstance(block, EncoderBlock)
             *units, block_snake, down = block.block
             self.blocks.append(
                 (
-                    [FastResidualUnit(u) for u in units],
-                    _alpha(block_snake),
-                    Conv.fold(down),
+                    [FastResidualUnit(u, dtype) for u in units],
+                    _alpha(block_snake, dtype),
+                    Conv.fold(down, dtype),
                     block.stride,
                 )
             )
-        self.last_alpha = _alpha(last_snake)
-        self.last = Conv.fold(last_conv)
+        self.last_alpha = _alpha(last_snake, dtype)
+        self.last = Conv.fold(last_conv, dtype)
         self.hop = math.prod(stride for *_, stride in self.blocks)
         convs, resolution = [(self.first, 1)], 1
         for units, _, down, stride in self.blocks:
@@ -183,7 +185,7 @@ class FastEncoder:
     def _run(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         masks = Masks(lengths, x.shape[-1])
         lengths = masks.lengths
-        x = masks.apply_(self.first(masks.apply_(x.clone(), lengths)), lengths)
+        x = masks.apply_(self.first(masks.apply_(x.to(self.dtype, copy=True), lengths)), lengths)
         for units, alpha, down, stride in self.blocks:
             for unit in units:
                 x = unit(x, lengths, masks)
@@ -194,20 +196,27 @@ class FastEncoder:
 
 
 class FastDecoder:
-    """`[B, latent, T]` -> `[B, 1, decoded_length(T)]`, the reference `Decoder` folded."""
+    """`[B, latent, T]` -> `[B, 1, decoded_length(T)]`, the reference `Decoder` folded
+    (and cast to `dtype` when given)."""
 
-    def __init__(self, decoder):
+    def __init__(self, decoder, dtype: torch.dtype | None = None):
+        self.dtype = dtype
         first, *blocks, last_snake, last_conv, _tanh = decoder.model
-        self.first = Conv.fold(first)
+        self.first = Conv.fold(first, dtype)
         self.blocks = []
         for block in blocks:
             assert isinstance(block, DecoderBlock)
             block_snake, up, *units = block.block
             self.blocks.append(
-                (_alpha(block_snake), Conv.fold(up), [FastResidualUnit(u) for u in units], block)
+                (
+                    _alpha(block_snake, dtype),
+                    Conv.fold(up, dtype),
+                    [FastResidualUnit(u, dtype) for u in units],
+                    block,
+                )
             )
-        self.last_alpha = _alpha(last_snake)
-        self.last = Conv.fold(last_conv)
+        self.last_alpha = _alpha(last_snake, dtype)
+        self.last = Conv.fold(last_conv, dtype)
         self.hop = math.prod(block.stride for *_, block in self.blocks)
         convs, resolution = [(self.first, 1.0)], 1.0
         for _, up, units, block in self.blocks:
@@ -226,7 +235,7 @@ class FastDecoder:
     def _run(self, z: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         masks = Masks(lengths, z.shape[-1])
         lengths = masks.lengths
-        x = masks.apply_(self.first(masks.apply_(z.clone(), lengths)), lengths)
+        x = masks.apply_(self.first(masks.apply_(z.to(self.dtype, copy=True), lengths)), lengths)
         for alpha, up, units, block in self.blocks:
             x = snake_(x, alpha)
             lengths = None if lengths is None else block.output_length(lengths)

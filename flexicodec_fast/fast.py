@@ -80,12 +80,14 @@ class FastCodec:
 
     _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def __init__(self, model: FlexiCodec, backend: str):
+    def __init__(self, model: FlexiCodec, backend: str, precision: str = "fp32"):
         self.model = model
         self.backend = backend
+        self.precision = precision
         self.version = self._version(model)
-        self.encoder = FastEncoder(model.dac.encoder)
-        self.decoder = FastDecoder(model.dac.decoder)
+        conv_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.encoder = FastEncoder(model.dac.encoder, conv_dtype)
+        self.decoder = FastDecoder(model.dac.decoder, conv_dtype)
         self.rvq = _RVQStack.build(model.dac.quantizer)
         self.sensevoice = FastSenseVoice(model.semantic_model)
         self.levels = tuple(model.config.fsq_levels)
@@ -113,12 +115,21 @@ class FastCodec:
         return sum(p._version for p in model.parameters())
 
     @classmethod
-    def for_model(cls, model: FlexiCodec, backend: str = "auto") -> FastCodec:
+    def for_model(
+        cls, model: FlexiCodec, backend: str = "auto", precision: str = "fp32"
+    ) -> FastCodec:
         per_model = cls._cache.setdefault(model, {})
-        plan = per_model.get(backend)
+        plan = per_model.get((backend, precision))
         if plan is None or plan.version != cls._version(model):
-            plan = per_model[backend] = cls(model, backend)
+            plan = per_model[(backend, precision)] = cls(model, backend, precision)
         return plan
+
+    def heavy(self):
+        """Context for the compute-heavy parts (SenseVoice, transformers): bf16 autocast in
+        bf16 mode. Merging, FSQ and RVQ always run in fp32, so every discrete decision is
+        taken on fp32 values."""
+        device = next(self.model.parameters()).device
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     # ------------------------------------------------------------------------- pieces
 
@@ -136,7 +147,8 @@ class FastCodec:
             merged.num_groups,
             backend=self.backend,
         )
-        out = transformer(sequence, merged.lengths + merged.num_groups)
+        with self.heavy():
+            out = transformer(sequence, merged.lengths + merged.num_groups).float()
         return kinterleave.retrieve(out, merged.group_ids, merged.num_groups, backend=self.backend)
 
     def quantize_semantic(self, tokens: torch.Tensor, num_groups: torch.Tensor):
@@ -303,9 +315,8 @@ def fast_encode(
             f"target_frame_rate: expected a number in (0, 12.5] Hz, "
             f"got {describe(target_frame_rate)}"
         )
-    fast = FastCodec.for_model(model, backend)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    with torch.inference_mode(), autocast:
+    fast = FastCodec.for_model(model, backend, precision)
+    with torch.inference_mode():
         return _encode(
             model,
             fast,
@@ -322,7 +333,8 @@ def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_fr
     cfg = model.config
     batch = audio.shape[0]
     features, feature_lens = _features(model.frontend, audio, audio_lens, dither)
-    hidden = fast.sensevoice(features, feature_lens).float()
+    with fast.heavy():
+        hidden = fast.sensevoice(features, feature_lens).float()
     sem, sem_lens = downsample_semantic(
         hidden.transpose(1, 2).contiguous(), feature_lens, cfg.semantic_downsample_factor
     )
@@ -455,9 +467,8 @@ def fast_decode(
     semantic_codes, token_lengths = semantic_codes.to(device), token_lengths.to(device).long()
     if acoustic_codes is not None:
         acoustic_codes = acoustic_codes.to(device)
-    fast = FastCodec.for_model(model, backend)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    with torch.inference_mode(), autocast:
+    fast = FastCodec.for_model(model, backend, precision)
+    with torch.inference_mode():
         groups = torch.arange(token_lengths.shape[1], device=device)
         num_groups = torch.where(token_lengths > 0, groups + 1, 0).amax(dim=1)
         sem = fast.decode_semantic(semantic_codes, num_groups).transpose(1, 2)
@@ -470,5 +481,6 @@ def fast_decode(
             sem.contiguous(), ac, token_lengths, int(frames.max()), backend=fast.backend
         )
         if fast.bottleneck is not None:
-            z = fast.bottleneck(z, frames)
-        return fast.decoder(z.transpose(1, 2).float(), frames)
+            with fast.heavy():
+                z = fast.bottleneck(z, frames).float()
+        return fast.decoder(z.transpose(1, 2).float(), frames).float()

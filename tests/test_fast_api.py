@@ -156,3 +156,22 @@ def test_long_audio_in_chunks_equals_whole(monkeypatch, tiny):
         tiny, chunked["semantic_codes"], chunked["acoustic_codes"], chunked["token_lengths"]
     )
     torch.testing.assert_close(wav_chunked, wav, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_mode_keeps_fp32_outputs_and_decisions(tiny):
+    """bf16 runs the heavy parts in bf16 only; outputs stay fp32 and are close to fp32's.
+    (Its code agreement on the full-size model is measured by the benchmarks.)"""
+    audio = _audio(32000, 3)
+    enc = fast_encode(audio, tiny, num_quantizers=4, precision="bf16")
+    ref = fast_encode(audio, tiny, num_quantizers=4)
+    assert enc["semantic_features"].dtype == torch.float32
+    agree = (enc["token_lengths"].shape == ref["token_lengths"].shape) and float(
+        (enc["semantic_codes"] == ref["semantic_codes"]).float().mean()
+    )
+    assert agree >= 0.5
+    wav = fast_decode(
+        tiny, ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"], precision="bf16"
+    )
+    want = fast_decode(tiny, ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
+    assert wav.dtype == torch.float32
+    assert float((wav - want).norm() / want.norm()) < 0.05
