@@ -224,37 +224,38 @@ def prepare_audio(audio, audio_lens, sample_rate: int, mix_down: bool, device):
     return audio, audio_lens
 
 
-def _frame_rate_thresholds(similarity, frames, max_tokens, target: float):
-    """Per item, the largest threshold-induced frame rate not above `target` Hz.
+def _frame_rate_thresholds(similarity, frames, max_tokens, target: float) -> torch.Tensor:
+    """Per item, the threshold whose average frame rate (groups per frame x 12.5 Hz) is the
+    largest not above `target`, `[B]` float64.
 
     The group count is non-decreasing in the threshold (a higher threshold only adds
-    boundaries, and splitting a run never reduces its forced groups), and it changes only at
-    the item's similarity values, so a binary search over them finds it without re-encoding.
-    Returns thresholds `[B]` float64 (a similarity value, or -inf when even the fewest
-    groups exceed the target) and the resulting frame rates.
+    boundaries, and splitting a run never reduces its forced groups) and changes only at the
+    item's similarity values, so a binary search over each item's sorted similarities finds
+    it without re-encoding; all items search together. The result is one of the item's
+    similarities, or -inf when even the fewest groups exceed the target.
     """
     from .reference.merging import group_starts
 
-    thresholds, rates = [], []
-    for b in range(similarity.shape[0]):
-        t_b = int(frames[b])
-        sims = similarity[b, : t_b - 1]
-        candidates = [float("-inf")] + sorted(set(sims.tolist()))
+    batch, transitions = similarity.shape
+    valid_frame = torch.arange(transitions + 1, device=similarity.device) < frames.view(-1, 1)
+    valid_sim = valid_frame[:, 1:]
+    ordered = torch.where(valid_sim, similarity, torch.inf).sort(dim=1).values
+    candidates = torch.cat([similarity.new_full((batch, 1), -torch.inf), ordered], dim=1)
 
-        def rate(threshold, sims=sims, t_b=t_b):
-            starts = group_starts(sims[None], threshold, max_tokens)
-            return int(starts.sum()) / t_b * 12.5
+    def rate(index):
+        threshold = candidates.gather(1, index.view(-1, 1))
+        starts = group_starts(similarity, threshold, max_tokens) & valid_frame
+        return starts.sum(dim=1) / frames * 12.5
 
-        lo, hi = 0, len(candidates) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if rate(candidates[mid]) <= target:
-                lo = mid
-            else:
-                hi = mid - 1
-        thresholds.append(candidates[lo])
-        rates.append(rate(candidates[lo]))
-    return torch.tensor(thresholds, dtype=torch.float64), torch.tensor(rates, dtype=torch.float64)
+    lo = torch.zeros_like(frames)
+    hi = frames - 1
+    while bool((lo < hi).any()):
+        mid = (lo + hi + 1) // 2
+        fits = rate(mid) <= target
+        searching = lo < hi
+        lo = torch.where(searching & fits, mid, lo)
+        hi = torch.where(searching & ~fits, mid - 1, hi)
+    return candidates.gather(1, lo.view(-1, 1))[:, 0].double()
 
 
 FBANK_CHUNK_FRAMES = 30000
@@ -364,7 +365,7 @@ def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_fr
             max_tokens_per_group=cfg.max_tokens_per_group,
             backend=fast.backend,
         )
-        thresholds, _ = _frame_rate_thresholds(
+        thresholds = _frame_rate_thresholds(
             seg.similarity, frames, cfg.max_tokens_per_group, float(target_frame_rate)
         )
         threshold = thresholds.to(sem.device, torch.float32).view(-1, 1)
