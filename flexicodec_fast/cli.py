@@ -1,4 +1,4 @@
-"""Command line: `flexicodec-fast demo | encode | decode | info | profile`."""
+"""Command line: `flexicodec-fast demo | encode | decode | info | train | profile`."""
 
 from __future__ import annotations
 
@@ -188,6 +188,10 @@ def main(argv=None) -> int:
     info = sub.add_parser("info", help="print what a codes file holds")
     info.add_argument("paths", nargs="+", type=Path)
     info.set_defaults(func=cmd_info)
+
+    from .train.cli import add_train_parser
+
+    add_train_parser(sub)
 
     args = parser.parse_args(argv)
     from .reference.errors import FlexiCodecError

@@ -46,7 +46,7 @@ def scatter_positions(sequence: torch.Tensor, values: torch.Tensor, positions: t
     batch, length, dim = sequence.shape
     valid = positions >= 0
     flat = (torch.arange(batch, device=positions.device).view(-1, 1) * length + positions)[valid]
-    sequence.view(batch * length, dim)[flat] = values[valid]
+    sequence.view(batch * length, dim)[flat] = values[valid].to(sequence.dtype)
 
 
 class QueryTokenAggregator(nn.Module):

@@ -1,0 +1,402 @@
+"""Training (issue #6): the training forward, a few steps of the tiny config lowering the
+loss, exact resume, checkpoints loadable by prepare_model, bad data skipped, the frozen
+SenseVoice, and a 2-process torchrun run with gloo."""
+
+import csv
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from flexicodec_fast.reference.errors import CheckpointError, InputError
+from flexicodec_fast.reference.training import (
+    TrainingForwardConfig,
+    one_group_per_frame,
+    training_step_outputs,
+)
+from safetensors.torch import load_file
+
+import flexicodec_fast as ff
+from flexicodec_fast.train.cli import main as train_main
+from flexicodec_fast.train.config import load_train_config, parse_train_config
+from flexicodec_fast.train.data import (
+    BucketBatches,
+    CropDataset,
+    SkippedFileWarning,
+    find_audio_files,
+    scan_files,
+)
+from flexicodec_fast.train.trainer import Trainer, WarmupCosine, build_initial_model
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD_CLIPS = 5
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Training steps are many small ops: on a shared CI machine one thread is faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tone(seconds: float, sr: int, seed: int) -> np.ndarray:
+    """Harmonics with a gliding pitch, an amplitude envelope and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 110 + 35 * seed
+    x = sum(0.3 / k * np.sin(2 * np.pi * f0 * k * t * (1 + 0.15 * t)) for k in range(1, 6))
+    x *= 0.6 + 0.4 * np.sin(2 * np.pi * (2 + seed) * t)
+    return (x + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Five usable clips (one at 22.05 kHz, in a sub-folder) and three bad files."""
+    folder = tmp_path_factory.mktemp("wavs")
+    (folder / "more").mkdir()
+    for i in range(GOOD_CLIPS):
+        sr = 22050 if i == 4 else 16000
+        where = folder / "more" if i == 4 else folder
+        sf.write(where / f"clip{i}.wav", _tone(1.0 + 0.15 * i, sr, i), sr)
+    (folder / "broken.wav").write_bytes(b"RIFF not really a wave file" * 10)
+    sf.write(folder / "silent.wav", np.zeros(20000, np.float32), 16000)
+    sf.write(folder / "short.wav", _tone(0.1, 16000, 9), 16000)
+    return folder
+
+
+def _tiny(**training):
+    cfg = load_train_config("tiny")
+    source = cfg.source
+    source["training"].update(training)
+    return parse_train_config(source)
+
+
+def _write_config(path: Path, **training) -> Path:
+    source = load_train_config("tiny").source
+    source["training"].update(training)
+    path.write_text(yaml.safe_dump(source))
+    return path
+
+
+def _log_rows(run: Path) -> list[dict]:
+    with (run / "train_log.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _quiet_trainer(cfg, data, out, steps):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        return Trainer(cfg, [data], out, steps, False, "cpu", False)
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def test_training_forward_shapes_losses_and_gradients():
+    cfg = _tiny()
+    model = build_initial_model(cfg).train()
+    audio = torch.from_numpy(np.stack([_tone(0.8, 16000, 1), _tone(0.8, 16000, 2)]))
+    random.seed(5)
+    expected_threshold = random.uniform(0.8, 1.0)
+    random.seed(5)
+    out = training_step_outputs(model, audio, TrainingForwardConfig(bypass_quantize_rate=0.0))
+    assert out.threshold == expected_threshold and not out.bypassed
+    frames = out.frames
+    assert frames == 9  # min(int(Tl / 1.33333), ceil(12800 / 1280)) for Tl = 13
+    length = min(1280 * frames - 16, audio.shape[1])
+    assert out.audio.shape == out.target.shape == (2, 1, length)
+    torch.testing.assert_close(out.target[:, 0], audio[:, :length])
+    assert set(out.losses) == {"mel", "commitment", "codebook", "distill", "repa"}
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in out.losses.values())
+    assert 1 <= int(out.num_groups.min()) and int(out.num_groups.max()) <= frames
+
+    sum(out.losses.values()).backward()
+    assert all(p.grad is None for p in model.semantic_model.parameters())
+    for module in (model.dac.encoder, model.dac.decoder, model.dac.quantizer, model.repa_mlp):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert model.semantic_aggregator.query_embedding.grad is not None
+
+    model.zero_grad()
+    out = training_step_outputs(
+        model, audio, TrainingForwardConfig(bypass_quantize_rate=1.0, fixed_threshold=0.9)
+    )
+    assert out.bypassed and out.threshold == 0.9
+    assert float(out.losses["commitment"]) == float(out.losses["codebook"]) == 0.0
+    sum(out.losses.values()).backward()
+    assert all(p.grad is None for p in model.dac.quantizer.parameters())
+
+
+def test_phase_one_trains_at_the_fixed_frame_rate():
+    cfg = _tiny(phase=1)
+    assert cfg.model.use_similarity_alignment is False
+    model = build_initial_model(cfg).train()
+    audio = torch.from_numpy(np.stack([_tone(0.8, 16000, 3)]))
+    out = training_step_outputs(model, audio, TrainingForwardConfig(bypass_quantize_rate=0.0))
+    assert out.threshold is None
+    assert int(out.num_groups[0]) == out.frames
+    assert float(out.losses["repa"]) == 0.0  # no bottleneck transformer in phase 1
+    seg = one_group_per_frame(2, 4, "cpu")
+    assert seg.token_lengths.tolist() == [[1] * 4] * 2 and seg.group_ids[1].tolist() == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_a_few_steps_lower_the_generator_loss(data_dir, tmp_path):
+    cfg = _tiny(fixed_threshold=0.9, bypass_quantize_rate=0.0, dither=0.0)
+    trainer = _quiet_trainer(cfg, data_dir, tmp_path / "run", 12)
+    batch = torch.stack([trainer.dataset[(i, 12800, 7)] for i in range(2)])
+    forward = cfg.forward_config()
+    w = cfg.training.loss_weights
+
+    def loss_on_batch():
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(123)
+            losses = training_step_outputs(trainer.codec, batch, forward).losses
+        total = sum(
+            getattr(w, k) * float(v) for k, v in losses.items()
+        )  # every generator term but the adversarial ones, whose discriminator also moves
+        return total, float(losses["mel"])
+
+    before, mel_before = loss_on_batch()
+    frozen = {k: v.clone() for k, v in trainer.codec.semantic_model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        result = trainer.run()
+    after, mel_after = loss_on_batch()
+    assert result.step == 12
+    assert after < 0.85 * before, (before, after)
+    assert mel_after < 0.85 * mel_before, (mel_before, mel_after)
+    for key, value in trainer.codec.semantic_model.state_dict().items():
+        assert torch.equal(value, frozen[key]), key
+    assert not any(p.requires_grad for p in trainer.codec.semantic_model.parameters())
+    optimised = {id(p) for group in trainer.opt_g.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in trainer.codec.semantic_model.parameters()}
+
+
+def test_resume_equals_uninterrupted_and_checkpoints_load(data_dir, tmp_path):
+    config = _write_config(tmp_path / "cfg.yaml", checkpoint_every=2)
+    args = ["--config", str(config), "--data", str(data_dir), "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        assert train_main([*args, "--out", str(tmp_path / "a"), "--max-steps", "4"]) == 0
+        assert train_main([*args, "--out", str(tmp_path / "b"), "--max-steps", "2"]) == 0
+        # A run folder with checkpoints is never silently overwritten.
+        assert train_main([*args, "--out", str(tmp_path / "b"), "--max-steps", "4"]) == 2
+        assert (
+            train_main([*args, "--out", str(tmp_path / "b"), "--max-steps", "4", "--resume"]) == 0
+        )
+
+    rows_a, rows_b = _log_rows(tmp_path / "a"), _log_rows(tmp_path / "b")
+    assert [r["step"] for r in rows_b] == ["1", "2", "3", "4"]
+    for a, b in zip(rows_a, rows_b, strict=True):
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b
+    assert {r["epoch"] for r in rows_a} == {"0", "1"}  # 5 clips, batches of 2: 3 per epoch
+    for name in ("model.safetensors", "discriminator.safetensors"):
+        wa = load_file(str(tmp_path / "a" / "step_00000004" / name))
+        wb = load_file(str(tmp_path / "b" / "step_00000004" / name))
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+
+    # Round trip: the checkpoint is an official-layout model for prepare_model.
+    step = tmp_path / "a" / "step_00000004"
+    saved = load_file(str(step / "model.safetensors"))
+    assert any(k.startswith("semantic_model.") for k in saved)
+    assert any(k.startswith("repa_mlp.") for k in saved)
+    model = ff.prepare_model(step / "model.safetensors", step / "config.yaml", device="cpu")
+    assert all(k.startswith("repa_mlp.") for k in model.load_report.skipped)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], saved[k]) for k in state)
+    clip = torch.from_numpy(_tone(1.0, 16000, 0))[None]
+    enc = ff.fast_encode(clip, model, num_quantizers=3, merging_threshold=0.9)
+    assert enc["semantic_codes"].shape[:2] == (1, 1) and enc["acoustic_codes"].shape[1] == 2
+    audio = ff.fast_decode(
+        model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"]
+    )
+    assert audio.shape[-1] == 1280 * int(enc["token_lengths"].sum()) - 16
+
+    # The frozen SenseVoice in the checkpoint is the one the run started from.
+    initial = build_initial_model(load_train_config(config)).semantic_model.state_dict()
+    for key, value in initial.items():
+        assert torch.equal(saved["semantic_model." + key], value), key
+    state = torch.load(step / "trainer_state.pt", weights_only=True)
+    assert (state["step"], state["epoch"], state["position"]) == (4, 1, 1)
+    torch.load(step / "rng_rank0.pt", weights_only=True)
+
+    # Fine-tuning: strict init goes through prepare_model (REPA head included); non-strict
+    # init loads what fits a different architecture and keeps the rest initialised.
+    source = load_train_config("tiny").source
+    del source["model"]
+    source["training"]["init_from"] = {
+        "checkpoint": str(step / "model.safetensors"),
+        "config": str(step / "config.yaml"),
+    }
+    tuned = build_initial_model(parse_train_config(source)).state_dict()
+    assert tuned.keys() == saved.keys()
+    assert all(torch.equal(tuned[k], saved[k]) for k in saved)
+    source = load_train_config("tiny").source
+    source["model"]["n_codebooks"] = 5
+    source["training"]["init_from"] = {
+        "checkpoint": str(step / "model.safetensors"),
+        "strict": False,
+    }
+    grown = build_initial_model(parse_train_config(source)).state_dict()
+    assert all(torch.equal(grown[k], saved[k]) for k in saved)
+    assert "dac.quantizer.quantizers.4.codebook.weight" in grown
+
+
+def test_torchrun_two_processes_keep_replicas_identical(data_dir, tmp_path):
+    config = _write_config(tmp_path / "cfg.yaml", checkpoint_every=2)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "flexicodec_fast.train.cli",
+        "--config",
+        str(config),
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--quiet",
+    ]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    replicas = json.loads((out / "step_00000002" / "replicas.json").read_text())
+    assert len(replicas["digests"]) == 2 and len(set(replicas["digests"])) == 1
+    assert [r["step"] for r in _log_rows(out)] == ["1", "2"]
+    state = torch.load(out / "step_00000002" / "trainer_state.pt", weights_only=True)
+    assert state["world_size"] == 2
+    assert (out / "step_00000002" / "rng_rank1.pt").is_file()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_bad_files_are_skipped_with_warnings(data_dir):
+    paths = find_audio_files([data_dir])
+    assert len(paths) == GOOD_CLIPS + 3
+    with pytest.warns(SkippedFileWarning) as caught:
+        files = scan_files(paths, min_samples=6400)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "broken.wav: unreadable" in messages and "short.wav: too short" in messages
+    assert len(files) == GOOD_CLIPS + 1  # the silent file is only found when loaded
+    silent = next(i for i, f in enumerate(files) if f.path.endswith("silent.wav"))
+    resampled = next(f for f in files if f.path.endswith("clip4.wav"))
+    assert resampled.num_samples == math.ceil(1.6 * 22050 * 16000 / 22050)
+
+    dataset = CropDataset(files)
+    with pytest.warns(SkippedFileWarning, match="silent"):
+        crop = dataset[(silent, 6400, 0)]
+    assert crop.shape == (6400,) and float(crop.abs().max()) > 0.01
+    batches = BucketBatches([f.num_samples for f in files], 2, 12800, 1280, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SkippedFileWarning)  # already known: no new warning
+        for batch in batches.epoch(0):
+            for item in batch:
+                assert float(dataset[item].abs().max()) > 0.01
+
+
+def test_list_files_and_missing_sources(data_dir, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# training clips\n{data_dir / 'clip0.wav'}\nclip1.wav\n")
+    (tmp_path / "clip1.wav").write_bytes((data_dir / "clip1.wav").read_bytes())
+    assert find_audio_files(listing) == [data_dir / "clip0.wav", tmp_path / "clip1.wav"]
+    with pytest.raises(InputError, match="no such file"):
+        find_audio_files(tmp_path / "nothing")
+
+
+def test_batches_are_bucketed_deterministic_and_split_across_processes():
+    lengths = [20000, 9000, 30000, 7000, 25000, 12000, 40000]
+    single = BucketBatches(lengths, 2, 12800, 1280, seed=3)
+    assert single.epoch(0) == BucketBatches(lengths, 2, 12800, 1280, seed=3).epoch(0)
+    assert single.epoch(0) != single.epoch(1)
+    seen = []
+    for batch in single.epoch(0):
+        crop = batch[0][1]
+        shortest = min(lengths[i] for i, _, _ in batch)
+        assert all(length == crop for _, length, _ in batch)
+        assert crop % 1280 == 0 and min(12800, shortest) - 1280 < crop <= min(12800, shortest)
+        seen += [i for i, _, _ in batch]
+    assert sorted(seen) == list(range(len(lengths)))
+    ranks = [BucketBatches(lengths, 2, 12800, 1280, 3, rank, 3).epoch(0) for rank in range(3)]
+    assert len({len(r) for r in ranks}) == 1
+    assert {i for r in ranks for b in r for i, _, _ in b} == set(range(len(lengths)))
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_shipped_configs_and_config_errors(tmp_path):
+    released = load_train_config("released")
+    t = released.training
+    assert released.model.latent_dim == 512 and released.model.transformer_num_layers == 32
+    assert (t.optimizer.lr, t.optimizer.betas, t.optimizer.weight_decay) == (
+        1e-4,
+        (0.9, 0.99),
+        0.01,
+    )
+    assert (t.optimizer.warmup_steps, t.optimizer.decay_steps, t.optimizer.min_lr) == (
+        5000,
+        1_000_000,
+        5e-5,
+    )
+    assert (t.data.crop_samples, t.data.batch_size, t.optimizer.grad_clip) == (96000, 8, 1.0)
+    w = t.loss_weights
+    assert (w.commitment, w.codebook, w.adversarial, w.feature_matching, w.mel, w.distill) == (
+        0.25,
+        1.0,
+        1.0,
+        2.0,
+        15.0,
+        1.0,
+    )
+    assert t.discriminator.periods == (2, 3, 5, 7, 11)
+    assert t.discriminator.fft_sizes == (2048, 1024, 512)
+
+    source = load_train_config("tiny").source
+    source["training"]["optimizer"]["learning_rate"] = 1.0
+    with pytest.raises(CheckpointError, match=r"training.optimizer: unknown key\(s\) \['learning"):
+        parse_train_config(source)
+    source = load_train_config("tiny").source
+    source["model"]["latent_dim"] = 64
+    with pytest.raises(CheckpointError, match="latent_dim"):
+        parse_train_config(source)
+    source = load_train_config("tiny").source
+    source["training"]["data"]["min_samples"] = 1000
+    with pytest.raises(CheckpointError, match="data.min_samples"):
+        parse_train_config(source)
+    with pytest.raises(CheckpointError, match="shipped configs"):
+        load_train_config("no-such-config")
+    assert train_main(["--config", "nope", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
+
+
+def test_learning_rate_schedule():
+    schedule = WarmupCosine(1e-4, 5e-5, warmup=5000, decay=1_000_000)
+    assert schedule(0) == pytest.approx(1 / 5000)
+    assert schedule(4999) == pytest.approx(1.0)
+    assert schedule(5000) == pytest.approx(1.0)
+    assert schedule(1_000_000) * 1e-4 == pytest.approx(5e-5)
+    assert schedule(2_000_000) * 1e-4 == pytest.approx(5e-5)
+    midpoint = 5000 + (1_000_000 - 5000) // 2
+    assert schedule(midpoint) * 1e-4 == pytest.approx(7.5e-5, rel=1e-4)
