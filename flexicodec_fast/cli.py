@@ -189,9 +189,11 @@ def main(argv=None) -> int:
     info.add_argument("paths", nargs="+", type=Path)
     info.set_defaults(func=cmd_info)
 
+    from .profiling import add_profile_parser
     from .train.cli import add_train_parser
 
     add_train_parser(sub)
+    add_profile_parser(sub)
 
     args = parser.parse_args(argv)
     from .reference.errors import FlexiCodecError

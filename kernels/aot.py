@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KERNEL_MODULES = ("merge", "interleave", "attention", "fsq", "rvq", "unmerge", "snake")
+KERNEL_MODULES = ("merge", "interleave", "attention", "fsq", "bsq", "rvq", "unmerge", "snake")
 
 PEAKS = {"fp32": 67e12, "tf32": 494e12, "tensor16": 989e12}
 """H100 SXM dense peaks, operations per second: fp32 on CUDA cores (non-tensor), tf32 and

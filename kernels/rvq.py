@@ -10,6 +10,10 @@ Per token (a row of x `[B, G, D]`), starting from `r = x`, `q = 0`, for stage s 
     o     = W_out[s] z_q + b_out[s]                              `[D]`
     r    -= o,   q += o
 
+Assigned first stage (STACodec's semantic token assignment, `reference/semantic_rvq.py`):
+with `first_codes [B, G]`, stage 0 takes `code = first_codes[b, g]` instead of searching
+(z, z_q, o and the residual update are unchanged), and the later stages search as usual.
+
 `Chat` is the l2-normalised codebook (the caller normalises it once, `F.normalize(C)`),
 `|Chat_k|^2` is recomputed from it as the reference does, and the distance is the official
 three-term expression in that order (`2 - 2 e.Chat` would round differently). `z_q` keeps
@@ -19,7 +23,8 @@ carries too. Decode: `q = sum_{s<K} (W_out[s] C[s, code_s] + b_out[s])`, added i
 One program owns `BLOCK_G` tokens of one item and keeps their residual and running sum
 (`[BLOCK_G, D]` fp32 each) in registers across all stages; per stage it projects in (CD
 reductions over D), scans the codebook in `BLOCK_K` blocks with a running (min, argmin),
-gathers the raw row and projects out (CD rank-1 updates). Weights and codebooks are read
+gathers the raw row and projects out (CD rank-1 updates); an assigned stage 0 runs before
+the stage loop and skips the scan. Weights and codebooks are read
 from L2 by every program; the only HBM traffic is x once, codes and the sum once. No
 `tl.dot`: every contraction has a side of CD = 8, below the MMA minimum of 16, and tf32
 would flip codes; plain fp32 products keep the arithmetic exact per term, compiled without
@@ -36,10 +41,11 @@ Layout: x `[B, G, D]`; stacked weights (weight norm folded): in_w `[S, CD, D]`, 
 `[S, CD]`, cb and cb_norm `[S, K, CD]`, out_w `[S, D, CD]`, out_b `[S, D]`, all with a
 contiguous last dimension, any float dtype (computed in fp32). Encode returns codes
 `[B, n, G]` int64 and the quantised sum `[B, G, D]` in x's dtype. With `num_groups [B]`,
-tokens at or past an item's count are skipped: code 0 and a zero sum. Decode takes codes
-`[B, K, G]` (K <= S) in `[0, codebook size)` (not checked: that would synchronise; an
-out-of-range code reads a zero row in the Triton path, the torch path raises IndexError)
-and returns `[B, G, D]` in out_w's dtype.
+tokens at or past an item's count are skipped: code 0 and a zero sum (their first code,
+if any, is not read). `first_codes` `[B, G]` int32/int64 in `[0, K)` come back as the codes
+of stage 0. Decode takes codes `[B, K, G]` (K <= S) in `[0, codebook size)`. Codes are not
+checked (that would synchronise): an out-of-range code reads a zero row in the Triton path,
+the torch path raises IndexError. Decode returns `[B, G, D]` in out_w's dtype.
 """
 
 from __future__ import annotations
@@ -83,6 +89,61 @@ def _project_out(
 
 
 @triton.jit
+def _in_project(
+    residual,
+    w_ptr,
+    b_ptr,
+    stride_wc,
+    c,
+    cm,
+    d,
+    dm,
+    CD: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """`z [BLOCK_G, BLOCK_C] = residual @ W[:CD]^T + b`: CD reductions over D of the
+    register-resident residual (padded columns 0)."""
+    z = tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32)
+    for j in tl.static_range(CD):
+        w = tl.load(w_ptr + j * stride_wc + d, mask=dm, other=0.0).to(tl.float32)
+        z = tl.where(c[None, :] == j, tl.sum(residual * w[None, :], axis=1)[:, None], z)
+    return z + tl.load(b_ptr + c, mask=cm, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def _stage_output(
+    z,
+    code,
+    K,
+    cb_ptr,
+    stride_ck,
+    out_w_ptr,
+    out_b_ptr,
+    stride_owd,
+    c,
+    cm,
+    d,
+    dm,
+    CD: tl.constexpr,
+    CHECK_CODE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """The stage's output `[BLOCK_G, D]`: raw codebook row of `code`, the reference's
+    straight-through `z + (row - z)`, out-projection. With CHECK_CODE a code outside
+    `[0, K)` reads a zero row (searched codes are always in range; assigned ones may not)."""
+    mask = cm[None, :]
+    if CHECK_CODE:
+        mask = mask & ((code >= 0) & (code < K))[:, None]
+    raw = tl.load(
+        cb_ptr + code.to(tl.int64)[:, None] * stride_ck + c[None, :], mask=mask, other=0.0
+    ).to(tl.float32)
+    z_q = z + (raw - z)
+    return _project_out(z_q, out_w_ptr, out_b_ptr, stride_owd, c, d, dm, CD, BLOCK_G, BLOCK_D)
+
+
+@triton.jit
 def _rvq_encode_kernel(
     x_ptr,
     in_w_ptr,
@@ -92,10 +153,12 @@ def _rvq_encode_kernel(
     out_w_ptr,
     out_b_ptr,
     ngroups_ptr,
+    first_ptr,
     codes_ptr,
     q_ptr,
     stride_xb,
     stride_xg,
+    stride_fb,
     stride_iws,
     stride_iwc,
     stride_ibs,
@@ -116,6 +179,7 @@ def _rvq_encode_kernel(
     n_stages,
     CD: tl.constexpr,
     HAS_NGROUPS: tl.constexpr,
+    HAS_FIRST: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -124,7 +188,8 @@ def _rvq_encode_kernel(
     """Encode tokens `[g0, g0 + BLOCK_G)` of item `b` through `n_stages` stages.
 
     `BLOCK_D >= D` (the whole residual row is held), `BLOCK_C >= CD` (padded columns are 0
-    and stay 0). Writes codes `[B, n, G]` int64 and the sum `q [B, G, D]`. Grid
+    and stay 0). With HAS_FIRST, stage 0's code is read from `first [B, G]` and its
+    codebook scan is empty. Writes codes `[B, n, G]` int64 and the sum `q [B, G, D]`. Grid
     `(cdiv(G, BLOCK_G), B)`.
     """
     b = tl.program_id(1).to(tl.int64)
@@ -145,15 +210,51 @@ def _rvq_encode_kernel(
     codes_row = codes_ptr + b * stride_kb + g
     # A block with no live token skips the work and only writes its zero codes.
     n_run = tl.where(tl.max(live.to(tl.int32), axis=0) > 0, n_stages, 0)
-    for s in range(0, n_run):
-        # In-projection: CD reductions over D of the register-resident residual.
-        z = tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32)
-        for j in tl.static_range(CD):
-            w = tl.load(in_w_ptr + s * stride_iws + j * stride_iwc + d, mask=dm, other=0.0).to(
-                tl.float32
+    s0 = 0
+    if HAS_FIRST:
+        # The assigned stage 0 is peeled off the search loop, which stays exactly as without
+        # assignment (it sits at the register limit; a per-stage branch inside it spills).
+        if n_run > 0:
+            z = _in_project(
+                residual, in_w_ptr, in_b_ptr, stride_iwc, c, cm, d, dm, CD, BLOCK_G, BLOCK_C
             )
-            z = tl.where(c[None, :] == j, tl.sum(residual * w[None, :], axis=1)[:, None], z)
-        z += tl.load(in_b_ptr + s * stride_ibs + c, mask=cm, other=0.0).to(tl.float32)[None, :]
+            code = tl.load(first_ptr + b * stride_fb + g, mask=live, other=0).to(tl.int32)
+            tl.store(codes_row, tl.where(live, code, 0).to(tl.int64), mask=g < G)
+            out = _stage_output(
+                z,
+                code,
+                K,
+                cb_ptr,
+                stride_ck,
+                out_w_ptr,
+                out_b_ptr,
+                stride_owd,
+                c,
+                cm,
+                d,
+                dm,
+                CD,
+                True,
+                BLOCK_G,
+                BLOCK_D,
+            )
+            residual = residual - out
+            qsum = qsum + out
+        s0 = 1
+    for s in range(s0, n_run):
+        z = _in_project(
+            residual,
+            in_w_ptr + s * stride_iws,
+            in_b_ptr + s * stride_ibs,
+            stride_iwc,
+            c,
+            cm,
+            d,
+            dm,
+            CD,
+            BLOCK_G,
+            BLOCK_C,
+        )
         norm = tl.maximum(tl.sqrt_rn(tl.sum(z * z, axis=1)), 1e-12)
         e = tl.math.div_rn(z, norm[:, None])
         e2 = tl.sum(e * e, axis=1)[:, None]
@@ -181,21 +282,21 @@ def _rvq_encode_kernel(
             best = tl.where(better, block_min, best)
             best_k = tl.where(better, block_arg + k0, best_k)
         tl.store(codes_row + s * stride_ks, tl.where(live, best_k, 0).to(tl.int64), mask=g < G)
-        raw = tl.load(
-            cb_ptr + s * stride_cs + best_k.to(tl.int64)[:, None] * stride_ck + c[None, :],
-            mask=cm[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        z_q = z + (raw - z)
-        out = _project_out(
-            z_q,
+        out = _stage_output(
+            z,
+            best_k,
+            K,
+            cb_ptr + s * stride_cs,
+            stride_ck,
             out_w_ptr + s * stride_ows,
             out_b_ptr + s * stride_obs,
             stride_owd,
             c,
+            cm,
             d,
             dm,
             CD,
+            False,
             BLOCK_G,
             BLOCK_D,
         )
@@ -318,33 +419,34 @@ def _check_inner_contiguous(**tensors: torch.Tensor) -> None:
 
 
 def rvq_encode_torch(
-    x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages: int, num_groups: torch.Tensor | None
+    x,
+    in_w,
+    in_b,
+    cb,
+    cb_norm,
+    out_w,
+    out_b,
+    n_stages: int,
+    num_groups: torch.Tensor | None,
+    first_codes: torch.Tensor | None = None,
 ):
     """Torch path: the reference's stage arithmetic on `[B, D, G]` (1x1 convolutions), the
-    distance matrix built `TORCH_CHUNK` tokens at a time. Returns `(codes, q)`."""
+    distance matrix built `TORCH_CHUNK` tokens at a time; stage 0 takes `first_codes` when
+    given. Returns `(codes, q)`."""
     batch, groups, dim = x.shape
     residual = x.float().transpose(1, 2).contiguous()
+    live = None
+    if num_groups is not None:
+        live = torch.arange(groups, device=x.device).view(1, -1) < num_groups.view(-1, 1)
     q = 0
     codes = []
     for s in range(n_stages):
         z_e = F.conv1d(residual, in_w[s].float().unsqueeze(-1), in_b[s].float())
-        e = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))
-        c = cb_norm[s].float()
-        c2 = c.pow(2).sum(1, keepdim=True).t()
-        code = torch.cat(
-            [
-                (
-                    -(
-                        e[i : i + TORCH_CHUNK].pow(2).sum(1, keepdim=True)
-                        - 2 * e[i : i + TORCH_CHUNK] @ c.t()
-                        + c2
-                    )
-                )
-                .max(1)
-                .indices
-                for i in range(0, e.shape[0], TORCH_CHUNK)
-            ]
-        ).reshape(batch, groups)
+        if s == 0 and first_codes is not None:
+            # Padded tokens' first codes are not read (the kernel masks them): any value.
+            code = first_codes.long() if live is None else torch.where(live, first_codes, 0).long()
+        else:
+            code = _nearest(z_e, cb_norm[s].float()).reshape(batch, groups)
         z_c = F.embedding(code, cb[s].float()).transpose(1, 2)
         z_q = z_e + (z_c - z_e)
         out = F.conv1d(z_q, out_w[s].float().unsqueeze(-1), out_b[s].float())
@@ -353,11 +455,31 @@ def rvq_encode_torch(
         codes.append(code)
     codes = torch.stack(codes, dim=1)
     q = q.transpose(1, 2)
-    if num_groups is not None:
-        live = torch.arange(groups, device=x.device).view(1, -1) < num_groups.view(-1, 1)
+    if live is not None:
         codes = torch.where(live.unsqueeze(1), codes, 0)
         q = torch.where(live.unsqueeze(-1), q, 0.0)
     return codes, q.to(x.dtype).contiguous()
+
+
+def _nearest(z_e, c):
+    """The reference's `VectorQuantize.nearest` of `z_e [B, CD, G]` against the normalised
+    codebook `c [K, CD]`: flat codes `[B * G]`."""
+    e = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))
+    c2 = c.pow(2).sum(1, keepdim=True).t()
+    return torch.cat(
+        [
+            (
+                -(
+                    e[i : i + TORCH_CHUNK].pow(2).sum(1, keepdim=True)
+                    - 2 * e[i : i + TORCH_CHUNK] @ c.t()
+                    + c2
+                )
+            )
+            .max(1)
+            .indices
+            for i in range(0, e.shape[0], TORCH_CHUNK)
+        ]
+    )
 
 
 def rvq_decode_torch(codes, cb, out_w, out_b):
@@ -372,7 +494,7 @@ def rvq_decode_torch(codes, cb, out_w, out_b):
 # ----------------------------------------------------------------------------- launchers
 
 
-def _launch_encode(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups):
+def _launch_encode(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups, first_codes):
     _check_inner_contiguous(
         x=x, in_w=in_w, in_b=in_b, cb=cb, cb_norm=cb_norm, out_w=out_w, out_b=out_b
     )
@@ -380,11 +502,14 @@ def _launch_encode(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_group
     _, size, cdim = cb.shape
     if num_groups is not None:
         num_groups = num_groups.contiguous()  # read as ngroups_ptr + b
+    if first_codes is not None:
+        first_codes = first_codes.contiguous()  # read as first_ptr + b * stride + g
     codes = torch.empty(batch, n_stages, groups, dtype=torch.long, device=x.device)
     q = torch.empty(batch, groups, dim, dtype=x.dtype, device=x.device)
     if codes.numel() == 0:
         return codes, q.zero_()
     ng = codes if num_groups is None else num_groups
+    first = codes if first_codes is None else first_codes
     _rvq_encode_kernel[(triton.cdiv(groups, BLOCK_G), batch)](
         x,
         in_w,
@@ -394,10 +519,12 @@ def _launch_encode(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_group
         out_w,
         out_b,
         ng,
+        first,
         codes,
         q,
         x.stride(0),
         x.stride(1),
+        first.stride(0),
         in_w.stride(0),
         in_w.stride(1),
         in_b.stride(0),
@@ -418,6 +545,7 @@ def _launch_encode(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_group
         n_stages,
         CD=cdim,
         HAS_NGROUPS=num_groups is not None,
+        HAS_FIRST=first_codes is not None,
         BLOCK_G=BLOCK_G,
         BLOCK_D=triton.next_power_of_2(dim),
         BLOCK_C=triton.next_power_of_2(cdim),
@@ -480,14 +608,16 @@ def _encode_op(
     n_stages: int,
     num_groups: torch.Tensor | None,
     backend: str,
+    first_codes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    args = (x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups, first_codes)
     if select_backend(backend, x.device) == "triton":
-        return _launch_encode(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups)
-    return rvq_encode_torch(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups)
+        return _launch_encode(*args)
+    return rvq_encode_torch(*args)
 
 
 @_encode_op.register_fake
-def _(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups, backend):
+def _(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups, backend, first_codes=None):
     return (x.new_empty(x.shape[0], n_stages, x.shape[1], dtype=torch.long), x.new_empty(x.shape))
 
 
@@ -519,14 +649,16 @@ def rvq_encode(
     n_quantizers: int | None = None,
     num_groups: torch.Tensor | None = None,
     *,
+    first_codes: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantise x `[B, G, D]` through the first `n_quantizers` (None: all S) stages.
 
     Returns (codes `[B, n, G]` int64, quantised sum `[B, G, D]` in x's dtype). Weights as in
     the module docstring; `cb_norm` = `F.normalize(cb, dim=-1)`. num_groups `[B]` int64 or
-    None: tokens at or past it get code 0 and a zero sum, at no cost. Inference only (no
-    gradient). Registered as `torch.ops.flexicodec_fast.rvq_encode`.
+    None: tokens at or past it get code 0 and a zero sum, at no cost. first_codes `[B, G]`
+    int32/int64 or None: stage 0's codes, assigned instead of searched (STACodec). Inference
+    only (no gradient). Registered as `torch.ops.flexicodec_fast.rvq_encode`.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise ValueError(
@@ -555,8 +687,22 @@ def rvq_encode(
                 f"num_groups must be [B] = [{x.shape[0]}] on {x.device}, got "
                 f"shape {list(num_groups.shape)} on {num_groups.device}"
             )
+    if first_codes is not None:
+        if not isinstance(first_codes, torch.Tensor) or first_codes.dtype not in (
+            torch.int32,
+            torch.int64,
+        ):
+            raise TypeError(
+                f"first_codes must be an int32 or int64 tensor or None, got "
+                f"{getattr(first_codes, 'dtype', type(first_codes).__name__)}"
+            )
+        if tuple(first_codes.shape) != tuple(x.shape[:2]) or first_codes.device != x.device:
+            raise ValueError(
+                f"first_codes must be [B, G] = {list(x.shape[:2])} on {x.device}, got "
+                f"shape {list(first_codes.shape)} on {first_codes.device}"
+            )
     select_backend(backend, x.device)
-    return _encode_op(x, in_w, in_b, cb, cb_norm, out_w, out_b, n, num_groups, backend)
+    return _encode_op(x, in_w, in_b, cb, cb_norm, out_w, out_b, n, num_groups, backend, first_codes)
 
 
 def rvq_decode(
@@ -598,9 +744,13 @@ _SIGNATURE_STAGES = {
     "stride_obs": "i32",
 }
 
-AOT_SPECS = [
-    AotSpec(
-        name="rvq_encode fp32 (24 stages)",
+
+def _encode_spec(assigned: bool) -> AotSpec:
+    """The encode at the production shape; `assigned`: stage 0 takes given (semantic) codes,
+    so one codebook scan fewer per token."""
+    searched = _S - 1 if assigned else _S
+    return AotSpec(
+        name=f"rvq_encode fp32 (24 stages{', assigned first' if assigned else ''})",
         kernel=_rvq_encode_kernel,
         signature={
             "x_ptr": "*fp32",
@@ -611,10 +761,12 @@ AOT_SPECS = [
             "out_w_ptr": "*fp32",
             "out_b_ptr": "*fp32",
             "ngroups_ptr": "*i64",
+            "first_ptr": "*i64",
             "codes_ptr": "*i64",
             "q_ptr": "*fp32",
             "stride_xb": "i64",
             "stride_xg": "i64",
+            "stride_fb": "i64",
             "stride_iws": "i64",
             "stride_iwc": "i32",
             "stride_ibs": "i32",
@@ -633,6 +785,7 @@ AOT_SPECS = [
         constexprs={
             "CD": _CD,
             "HAS_NGROUPS": True,
+            "HAS_FIRST": assigned,
             "BLOCK_G": BLOCK_G,
             "BLOCK_D": 512,
             "BLOCK_C": 8,
@@ -647,10 +800,12 @@ AOT_SPECS = [
             "out_w_ptr",
             "out_b_ptr",
             "ngroups_ptr",
+            "first_ptr",
             "codes_ptr",
             "q_ptr",
             "stride_xb",
             "stride_xg",
+            "stride_fb",
             "stride_iws",
             "stride_iwc",
             "stride_ibs",
@@ -667,12 +822,19 @@ AOT_SPECS = [
         ),
         num_warps=NUM_WARPS,
         options={"enable_fp_fusion": False},
-        shape=f"x [{_B},{_G},{_D}] fp32, {_S} stages x K={_K} x {_CD}",
-        bytes=_TOKENS * (2 * _D * 4 + _S * 8) + _WEIGHTS,
-        # per token and stage: in-proj, codebook scores, out-proj (multiply-adds x2), and
-        # ~4 ops per code for the distance and the running argmin
-        flops=_TOKENS * _S * (2 * _D * _CD + 2 * _K * _CD + 4 * _K + 2 * _CD * _D + 2 * _D),
-    ),
+        shape=f"x [{_B},{_G},{_D}] fp32, {_S} stages x K={_K} x {_CD}"
+        + (", stage 0 assigned" if assigned else ""),
+        bytes=_TOKENS * (2 * _D * 4 + _S * 8 + (8 if assigned else 0)) + _WEIGHTS,
+        # per token and stage: in-proj and out-proj (multiply-adds x2); per searched stage:
+        # codebook scores and ~4 ops per code for the distance and the running argmin
+        flops=_TOKENS
+        * (_S * (2 * _D * _CD + 2 * _CD * _D + 2 * _D) + searched * (2 * _K * _CD + 4 * _K)),
+    )
+
+
+AOT_SPECS = [
+    _encode_spec(assigned=False),
+    _encode_spec(assigned=True),
     AotSpec(
         name="rvq_decode fp32 (24 stages)",
         kernel=_rvq_decode_kernel,

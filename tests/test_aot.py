@@ -18,7 +18,6 @@ import pytest
 pytest.importorskip("triton")
 
 from flexicodec_fast.kernels import aot  # noqa: E402
-
 from flexicodec_fast.static_profile import COLUMNS, format_table, static_report  # noqa: E402
 
 ARCHS = (80, 90)

@@ -7,6 +7,8 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
+
 from flexicodec_fast.reference.config import FlexiCodecConfig
 from flexicodec_fast.reference.dac import DAC
 from flexicodec_fast.reference.errors import InputError
@@ -16,7 +18,6 @@ from flexicodec_fast.reference.weight_norm import (
     fold_weight_norm,
     normalise_weight_norm_keys,
 )
-from torch import nn
 
 RUNS = [(clip, th) for clip in ("clipA", "clipB", "clipC") for th in ("1", "0.95", "0.91", "0.85")]
 

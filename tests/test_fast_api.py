@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from flexicodec_fast.reference.merging import segment
 
 import flexicodec_fast as ff
 from flexicodec_fast.fast import FastCodec, fast_decode, fast_encode
+from flexicodec_fast.reference.merging import segment
 from flexicodec_fast.resampling import resample, resampled_length
 from flexicodec_fast.tiny import random_tiny_model
 

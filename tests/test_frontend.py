@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from flexicodec_fast.reference.errors import CheckpointError, InputError
 from flexicodec_fast.reference.frontend import (
     DEFAULT_CMVN_PATH,

@@ -10,6 +10,7 @@ is broken (design §5), so bf16 runs on the torch path here and is compiled in t
 import pytest
 import torch
 import torch.nn.functional as F
+
 from flexicodec_fast.kernels import attention as attention_mod
 from flexicodec_fast.kernels.attention import apply_rope, attention, rope_tables
 from flexicodec_fast.reference import attention as ref_attention

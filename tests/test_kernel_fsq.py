@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+
 from flexicodec_fast.kernels import fsq as fsq_mod
 from flexicodec_fast.kernels.fsq import fsq, fsq_decode
 from flexicodec_fast.reference.fsq import FSQ

@@ -9,6 +9,7 @@ reference's `T + G_max` (sequence) or `G_max` (tokens) must be zero.
 
 import pytest
 import torch
+
 from flexicodec_fast.kernels import interleave as interleave_mod
 from flexicodec_fast.kernels.interleave import interleave, retrieve
 from flexicodec_fast.reference.aggregator import interleave_positions, scatter_positions

@@ -10,6 +10,7 @@ reference's order, so they are bit-identical on both paths in fp32.
 
 import pytest
 import torch
+
 from flexicodec_fast.kernels import merge as merge_mod
 from flexicodec_fast.kernels.merge import group_means, merge, segment
 from flexicodec_fast.reference import merging as ref

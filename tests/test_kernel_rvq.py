@@ -10,6 +10,7 @@ above 1e-6. Sums are fp32 reductions: rtol 1e-5, atol 1e-6 (relative error < 1e-
 import pytest
 import torch
 import torch.nn.functional as F
+
 from flexicodec_fast.kernels import rvq as rvq_mod
 from flexicodec_fast.kernels.rvq import rvq_decode, rvq_encode
 from flexicodec_fast.reference.rvq import ResidualVectorQuantize

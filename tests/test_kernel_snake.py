@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from flexicodec_fast.kernels import snake as snake_mod
 from flexicodec_fast.kernels.snake import snake, snake_backward, snake_torch
 from flexicodec_fast.reference.snake import snake as reference_snake

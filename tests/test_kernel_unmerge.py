@@ -8,9 +8,10 @@ and sum `acoustic_expanded + semantic_expanded`.
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+
 from flexicodec_fast.kernels import unmerge as unmerge_mod
 from flexicodec_fast.kernels.unmerge import unmerge, unmerge_torch
-from torch.nn.utils.rnn import pad_sequence
 
 BACKENDS = ["torch", "triton"]
 

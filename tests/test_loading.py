@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 import yaml
-from flexicodec_fast.reference.checkpoint import UNUSED_PREFIXES, build_from_state_dicts
-from flexicodec_fast.reference.config import FlexiCodecConfig, SenseVoiceConfig
-from flexicodec_fast.reference.model import FlexiCodec
 from safetensors.torch import save_file
 
 import flexicodec_fast as ff
+from flexicodec_fast.reference.checkpoint import UNUSED_PREFIXES, build_from_state_dicts
+from flexicodec_fast.reference.config import FlexiCodecConfig, SenseVoiceConfig
+from flexicodec_fast.reference.model import FlexiCodec
 
 
 def _write_config(path, model: dict):

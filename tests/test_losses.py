@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from flexicodec_fast.reference.discriminators import (
     Discriminator,
     PeriodDiscriminator,

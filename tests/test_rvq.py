@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from flexicodec_fast.reference.errors import InputError
 from flexicodec_fast.reference.rvq import ResidualVectorQuantize, VectorQuantize
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from flexicodec_fast.reference.config import SenseVoiceConfig
 from flexicodec_fast.reference.errors import CheckpointError, InputError
 from flexicodec_fast.reference.sensevoice import (

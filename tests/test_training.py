@@ -17,15 +17,15 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from safetensors.torch import load_file
+
+import flexicodec_fast as ff
 from flexicodec_fast.reference.errors import CheckpointError, InputError
 from flexicodec_fast.reference.training import (
     TrainingForwardConfig,
     one_group_per_frame,
     training_step_outputs,
 )
-from safetensors.torch import load_file
-
-import flexicodec_fast as ff
 from flexicodec_fast.train.cli import main as train_main
 from flexicodec_fast.train.config import load_train_config, parse_train_config
 from flexicodec_fast.train.data import (
