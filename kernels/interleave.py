@@ -218,58 +218,62 @@ def _query_positions(group_ids: torch.Tensor, groups: int):
     return live, frame_pos, end
 
 
+def _rows(group_ids: torch.Tensor, groups: int, length: int):
+    """Flat row numbers in a `[B * length, D]` view: `(live frames' rows, their flat frame
+    index, group-ending frames' query rows, their flat `(b, g)` index)`."""
+    batch, frames = group_ids.shape
+    live, frame_pos, end = _query_positions(group_ids, groups)
+    item = torch.arange(batch, device=group_ids.device).view(-1, 1)
+    frame_rows = (item * length + frame_pos)[live]
+    frame_index = (item * frames + torch.arange(frames, device=group_ids.device))[live]
+    query_rows = (item * length + frame_pos + 1)[end]
+    query_index = (item * groups + group_ids)[end]
+    return frame_rows, frame_index, query_rows, query_index
+
+
 def interleave_torch(x, means, embedding, group_ids, num_groups) -> torch.Tensor:
     """Torch path of `interleave` (x None: zero frames; embedding None: none added).
 
-    Two scatters into zeros with one index per frame, so no spare row is needed: first the
-    queries, where a frame that ends no group writes (garbage) to its own frame row; then
-    the frames, overwriting every frame row. A frame past the item writes a zero to row
-    `t + num_groups`, inside the zero tail.
+    Whole rows are copied with `index_copy_` into a zeroed `[B * (T + G), D]` view: each live
+    frame to `t + gid[t]`, each group's query right after its last frame. Positions from
+    `len + num_groups` on are never written and stay zero.
     """
     batch, frames = group_ids.shape
     groups, dim = means.shape[1:]
-    live, frame_pos, end = _query_positions(group_ids, groups)
-    t = torch.arange(frames, device=means.device)
-    frame_pos = torch.where(live, frame_pos, t + num_groups.clamp(max=groups).view(-1, 1))
+    length = frames + groups
+    frame_rows, frame_index, query_rows, query_index = _rows(group_ids, groups, length)
     queries = means.float()
     if embedding is not None:
         queries = queries + embedding.float()
-    gid = group_ids.clamp(min=0).unsqueeze(-1).expand(-1, -1, dim)
-    out = means.new_zeros(batch, frames + groups, dim)
-    out.scatter_(
-        1,
-        torch.where(end, frame_pos + 1, frame_pos).unsqueeze(-1).expand(-1, -1, dim),
-        torch.gather(queries, 1, gid).to(means.dtype),
+    out = means.new_zeros(batch * length, dim)
+    out.index_copy_(
+        0, query_rows, queries.reshape(-1, dim).index_select(0, query_index).to(means.dtype)
     )
-    values = out.new_zeros(()) if x is None else torch.where(live.unsqueeze(-1), x, 0.0)
-    out.scatter_(
-        1,
-        frame_pos.unsqueeze(-1).expand(-1, -1, dim),
-        values.to(means.dtype).expand(batch, frames, dim),
-    )
-    return out
+    if x is not None:
+        out.index_copy_(
+            0, frame_rows, x.reshape(-1, dim).index_select(0, frame_index).to(means.dtype)
+        )
+    return out.view(batch, length, dim)
 
 
 def deinterleave_torch(y, group_ids, num_groups, with_frames: bool):
-    """Torch path of the gather: `(frames [B,T,D] or None, queries [B,G,D])`."""
+    """Torch path of the gather: `(frames [B,T,D] or None, queries [B,G,D])`, whole rows
+    read with `index_select` and written with `index_copy_` (zero elsewhere)."""
     batch, frames = group_ids.shape
     dim = y.shape[-1]
     groups = y.shape[1] - frames
-    live, frame_pos, end = _query_positions(group_ids, groups)
+    frame_rows, frame_index, query_rows, query_index = _rows(group_ids, groups, y.shape[1])
+    flat = y.reshape(-1, dim)
     xg = None
     if with_frames:
-        xg = torch.gather(
-            y, 1, frame_pos.clamp(max=y.shape[1] - 1).unsqueeze(-1).expand(-1, -1, dim)
+        xg = y.new_zeros(batch * frames, dim).index_copy_(
+            0, frame_index, flat.index_select(0, frame_rows)
         )
-        xg = torch.where(live.unsqueeze(-1), xg, 0.0).to(y.dtype)
-    qpos = torch.zeros(batch, groups + 1, dtype=torch.long, device=y.device)
-    qpos.scatter_(1, torch.where(end, group_ids, groups), frame_pos + 1)
-    q = torch.gather(
-        y, 1, qpos[:, :groups].clamp(max=y.shape[1] - 1).unsqueeze(-1).expand(-1, -1, dim)
+        xg = xg.view(batch, frames, dim)
+    q = y.new_zeros(batch * groups, dim).index_copy_(
+        0, query_index, flat.index_select(0, query_rows)
     )
-    g = torch.arange(groups, device=y.device).view(1, -1)
-    q = torch.where((g < num_groups.view(-1, 1)).unsqueeze(-1), q, 0.0).to(y.dtype)
-    return xg, q
+    return xg, q.view(batch, groups, dim)
 
 
 # ----------------------------------------------------------------------------- launchers

@@ -463,23 +463,21 @@ def rvq_encode_torch(
 
 def _nearest(z_e, c):
     """The reference's `VectorQuantize.nearest` of `z_e [B, CD, G]` against the normalised
-    codebook `c [K, CD]`: flat codes `[B * G]`."""
+    codebook `c [K, CD]`: flat codes `[B * G]`.
+
+    The distance `|e|^2 - 2 e.c + |c|^2` is built in one buffer per `TORCH_CHUNK` tokens
+    (the product, then `* -2`, `+ |e|^2`, `+ |c|^2` in place: the reference's additions in
+    its order, so the same bits) and its argmin taken, which is the reference's argmax of
+    the negated distance, first index on ties included.
+    """
     e = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))
+    e2 = e.pow(2).sum(1, keepdim=True)
     c2 = c.pow(2).sum(1, keepdim=True).t()
-    return torch.cat(
-        [
-            (
-                -(
-                    e[i : i + TORCH_CHUNK].pow(2).sum(1, keepdim=True)
-                    - 2 * e[i : i + TORCH_CHUNK] @ c.t()
-                    + c2
-                )
-            )
-            .max(1)
-            .indices
-            for i in range(0, e.shape[0], TORCH_CHUNK)
-        ]
-    )
+    codes = []
+    for i in range(0, e.shape[0], TORCH_CHUNK):
+        dist = (e[i : i + TORCH_CHUNK] @ c.t()).mul_(-2).add_(e2[i : i + TORCH_CHUNK]).add_(c2)
+        codes.append(dist.argmin(1))
+    return codes[0] if len(codes) == 1 else torch.cat(codes)
 
 
 def rvq_decode_torch(codes, cb, out_w, out_b):
