@@ -39,13 +39,15 @@ class Conv:
     transposed: bool
 
     @classmethod
-    def fold(cls, module, dtype: torch.dtype | None = None) -> Conv:
+    def fold(cls, module, dtype: torch.dtype | None = None, channels_last: bool = False) -> Conv:
         if not isinstance(module, (WNConv1d, WNConvTranspose1d)):
             raise TypeError(
                 f"expected a weight-normalised convolution, got {type(module).__name__}"
             )
         with torch.no_grad():
             weight = module.weight().detach().to(dtype=dtype, copy=True)
+        if channels_last:
+            weight = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         bias = None if module.bias is None else module.bias.detach().to(dtype)
         return cls(
             weight,
@@ -66,6 +68,15 @@ class Conv:
         return self.padding * resolution, ((kernel - 1) * self.dilation - self.padding) * resolution
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x `[B, C_in, N]` -> `[B, C_out, N']`, or channels-last `[B, C, 1, N]` in and out."""
+        if x.dim() == 4:
+            if self.transposed:
+                return F.conv_transpose2d(
+                    x, self.weight, self.bias, (1, self.stride), (0, self.padding)
+                )
+            return F.conv2d(
+                x, self.weight, self.bias, (1, self.stride), (0, self.padding), (1, self.dilation)
+            )
         if self.transposed:
             return F.conv_transpose1d(x, self.weight, self.bias, self.stride, self.padding)
         return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
@@ -80,7 +91,7 @@ class Masks:
     def apply_(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         if lengths is not None:
             past = torch.arange(x.shape[-1], device=x.device) >= lengths[:, None]
-            x.masked_fill_(past[:, None, :], 0.0)
+            x.masked_fill_(past.view(x.shape[0], *([1] * (x.dim() - 2)), -1), 0.0)
         return x
 
 
@@ -130,15 +141,37 @@ def _run_chunked(
     return torch.cat(pieces, dim=-1)[..., :out_length]
 
 
+def _snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Snake of `[B, C, N]` or channels-last `[B, C, 1, N]` activations, same layout out."""
+    return snake(x.squeeze(2), alpha).unsqueeze(2) if x.dim() == 4 else snake(x, alpha)
+
+
+def _snake_(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """In-place Snake of `[B, C, N]` or channels-last `[B, C, 1, N]` activations."""
+    snake_(x.squeeze(2) if x.dim() == 4 else x, alpha)
+    return x
+
+
+def _enter(x: torch.Tensor, dtype, channels_last: bool) -> torch.Tensor:
+    """A private copy of the stack's input `[B, C, N]` in the stack's dtype and layout."""
+    x = x.to(dtype, copy=True)
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _leave(x: torch.Tensor) -> torch.Tensor:
+    return x.squeeze(2).contiguous() if x.dim() == 4 else x
+
+
 class FastResidualUnit:
-    def __init__(self, unit: ResidualUnit, dtype: torch.dtype | None):
+    def __init__(self, unit: ResidualUnit, dtype: torch.dtype | None, channels_last: bool):
         snake1, conv1, snake2, conv2 = unit.block
         self.alpha1, self.alpha2 = _alpha(snake1, dtype), _alpha(snake2, dtype)
-        self.conv1, self.conv2 = Conv.fold(conv1, dtype), Conv.fold(conv2, dtype)
+        self.conv1 = Conv.fold(conv1, dtype, channels_last)
+        self.conv2 = Conv.fold(conv2, dtype, channels_last)
 
     def __call__(self, x: torch.Tensor, lengths, masks: Masks) -> torch.Tensor:
-        y = masks.apply_(self.conv1(snake(x, self.alpha1)), lengths)
-        y = masks.apply_(self.conv2(snake_(y, self.alpha2)), lengths)
+        y = masks.apply_(self.conv1(_snake(x, self.alpha1)), lengths)
+        y = masks.apply_(self.conv2(_snake_(y, self.alpha2)), lengths)
         crop = (x.shape[-1] - y.shape[-1]) // 2
         if crop > 0:
             x = x[..., crop:-crop]
@@ -147,26 +180,33 @@ class FastResidualUnit:
 
 class FastEncoder:
     """`[B, 1, N]` -> `[B, latent, N / hop]`, the reference `Encoder` with folded weights
-    (cast to `dtype`, e.g. bf16, when given: the stack then computes in that dtype)."""
+    (cast to `dtype`, e.g. bf16, when given: the stack then computes in that dtype).
 
-    def __init__(self, encoder, dtype: torch.dtype | None = None):
+    `channels_last` keeps activations as channels-last `[B, C, 1, N]` and convolves them with
+    2-D kernels: oneDNN then works in the tensors' own layout, where `conv1d` reorders every
+    input and output (2-4x slower on CPU for the DAC's long, narrow layers). Results agree
+    with `conv1d` to fp32 rounding, not bit for bit (another summation order).
+    """
+
+    def __init__(self, encoder, dtype: torch.dtype | None = None, channels_last: bool = False):
         self.dtype = dtype
+        self.channels_last = channels_last
         first, *blocks, last_snake, last_conv = encoder.block
-        self.first = Conv.fold(first, dtype)
+        self.first = Conv.fold(first, dtype, channels_last)
         self.blocks = []
         for block in blocks:
             assert isinstance(block, EncoderBlock)
             *units, block_snake, down = block.block
             self.blocks.append(
                 (
-                    [FastResidualUnit(u, dtype) for u in units],
+                    [FastResidualUnit(u, dtype, channels_last) for u in units],
                     _alpha(block_snake, dtype),
-                    Conv.fold(down, dtype),
+                    Conv.fold(down, dtype, channels_last),
                     block.stride,
                 )
             )
         self.last_alpha = _alpha(last_snake, dtype)
-        self.last = Conv.fold(last_conv, dtype)
+        self.last = Conv.fold(last_conv, dtype, channels_last)
         self.hop = math.prod(stride for *_, stride in self.blocks)
         convs, resolution = [(self.first, 1)], 1
         for units, _, down, stride in self.blocks:
@@ -185,24 +225,26 @@ class FastEncoder:
     def _run(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         masks = Masks(lengths, x.shape[-1])
         lengths = masks.lengths
-        x = masks.apply_(self.first(masks.apply_(x.to(self.dtype, copy=True), lengths)), lengths)
+        x = masks.apply_(_enter(x, self.dtype, self.channels_last), lengths)
+        x = masks.apply_(self.first(x), lengths)
         for units, alpha, down, stride in self.blocks:
             for unit in units:
                 x = unit(x, lengths, masks)
-            x = snake_(x, alpha)
+            x = _snake_(x, alpha)
             lengths = None if lengths is None else lengths // stride
             x = masks.apply_(down(x), lengths)
-        return masks.apply_(self.last(snake_(x, self.last_alpha)), lengths)
+        return _leave(masks.apply_(self.last(_snake_(x, self.last_alpha)), lengths))
 
 
 class FastDecoder:
     """`[B, latent, T]` -> `[B, 1, decoded_length(T)]`, the reference `Decoder` folded
-    (and cast to `dtype` when given)."""
+    (cast to `dtype` when given; `channels_last` as for `FastEncoder`)."""
 
-    def __init__(self, decoder, dtype: torch.dtype | None = None):
+    def __init__(self, decoder, dtype: torch.dtype | None = None, channels_last: bool = False):
         self.dtype = dtype
+        self.channels_last = channels_last
         first, *blocks, last_snake, last_conv, _tanh = decoder.model
-        self.first = Conv.fold(first, dtype)
+        self.first = Conv.fold(first, dtype, channels_last)
         self.blocks = []
         for block in blocks:
             assert isinstance(block, DecoderBlock)
@@ -210,13 +252,13 @@ class FastDecoder:
             self.blocks.append(
                 (
                     _alpha(block_snake, dtype),
-                    Conv.fold(up, dtype),
-                    [FastResidualUnit(u, dtype) for u in units],
+                    Conv.fold(up, dtype, channels_last),
+                    [FastResidualUnit(u, dtype, channels_last) for u in units],
                     block,
                 )
             )
         self.last_alpha = _alpha(last_snake, dtype)
-        self.last = Conv.fold(last_conv, dtype)
+        self.last = Conv.fold(last_conv, dtype, channels_last)
         self.hop = math.prod(block.stride for *_, block in self.blocks)
         convs, resolution = [(self.first, 1.0)], 1.0
         for _, up, units, block in self.blocks:
@@ -235,12 +277,13 @@ class FastDecoder:
     def _run(self, z: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         masks = Masks(lengths, z.shape[-1])
         lengths = masks.lengths
-        x = masks.apply_(self.first(masks.apply_(z.to(self.dtype, copy=True), lengths)), lengths)
+        x = masks.apply_(_enter(z, self.dtype, self.channels_last), lengths)
+        x = masks.apply_(self.first(x), lengths)
         for alpha, up, units, block in self.blocks:
-            x = snake_(x, alpha)
+            x = _snake_(x, alpha)
             lengths = None if lengths is None else block.output_length(lengths)
             x = masks.apply_(up(x), lengths)
             for unit in units:
                 x = unit(x, lengths, masks)
-        x = masks.apply_(self.last(snake_(x, self.last_alpha)), lengths)
-        return x.tanh_()
+        x = masks.apply_(self.last(_snake_(x, self.last_alpha)), lengths)
+        return _leave(x.tanh_())

@@ -86,8 +86,9 @@ class FastCodec:
         self.precision = precision
         self.version = self._version(model)
         conv_dtype = torch.bfloat16 if precision == "bf16" else None
-        self.encoder = FastEncoder(model.dac.encoder, conv_dtype)
-        self.decoder = FastDecoder(model.dac.decoder, conv_dtype)
+        channels_last = next(model.parameters()).device.type == "cpu"
+        self.encoder = FastEncoder(model.dac.encoder, conv_dtype, channels_last)
+        self.decoder = FastDecoder(model.dac.decoder, conv_dtype, channels_last)
         self.rvq = _RVQStack.build(model.dac.quantizer)
         self.sensevoice = FastSenseVoice(model.semantic_model)
         self.levels = tuple(model.config.fsq_levels)
