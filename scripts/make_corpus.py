@@ -128,8 +128,6 @@ EN = {
         "lazy busy famous empty purple orange golden silver soft rough sharp smooth curious "
         "happy tired"
     ).split(),
-    "noun": [],
-    "nouns": [],
     "vt": (
         "found painted carried watched bought cleaned opened dropped followed noticed borrowed "
         "repaired hid washed pushed lifted described ordered visited photographed forgot sold "
@@ -195,7 +193,9 @@ _EN_NOUNS = (
     "cup/cups knife/knives fish/fish mouse/mice leaf/leaves boat/boats kitchen/kitchens "
     "museum/museums bridge/bridges"
 )
-EN["noun"], EN["nouns"] = (list(w) for w in zip(*(p.split("/") for p in _EN_NOUNS.split())))
+_EN_PAIRS = [pair.split("/") for pair in _EN_NOUNS.split()]
+EN["noun"] = [singular for singular, _ in _EN_PAIRS]
+EN["nouns"] = [plural for _, plural in _EN_PAIRS]
 EN_TEMPLATES = [
     "{Name} {vt} the {adj} {noun} {prep} the {place}.",
     "The {adj} {noun} {vi} {adv}.",
@@ -598,9 +598,7 @@ def build_corpus(
     counts = Counter(t for r in splits["train"] for t in r["phonemes"].split())
     inventory = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     (out_dir / "phonemes.txt").write_text("\n".join(inventory) + "\n", encoding="utf-8")
-    unseen = sorted(
-        {t for r in splits["heldout"] for t in r["phonemes"].split()} - set(inventory)
-    )
+    unseen = sorted({t for r in splits["heldout"] for t in r["phonemes"].split()} - set(inventory))
 
     stats = {
         "settings": settings,

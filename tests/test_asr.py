@@ -1,0 +1,214 @@
+"""The small phoneme recogniser (flexicodec_fast.asr) and the corpus script, CI-sized."""
+
+import importlib.util
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from flexicodec_fast.asr import (
+    DEFAULT_RECOGNIZER_CONFIG,
+    PhonemeRecognizer,
+    ctc_greedy_decode,
+    edit_distance,
+    load_recognizer,
+    phoneme_error_rate,
+    save_recognizer,
+    train_recognizer,
+)
+from flexicodec_fast.reference.config import SenseVoiceConfig
+from flexicodec_fast.reference.errors import CheckpointError, InputError
+from flexicodec_fast.reference.sensevoice import SenseVoiceEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = SenseVoiceConfig(output_size=32, attention_heads=4, linear_units=32, num_blocks=2)
+TINY_FLAGS = ["--output-size", "32", "--heads", "4", "--linear-units", "32", "--num-blocks", "2"]
+# Synthetic "phonemes": 120 ms tones, one frequency each, far apart on the mel scale.
+TONES = {"a": 300.0, "b": 800.0, "c": 1800.0, "d": 3500.0}
+
+
+def load_make_corpus():
+    spec = importlib.util.spec_from_file_location(
+        "make_corpus", ROOT / "scripts" / "make_corpus.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    # Registered so its functions pickle by name into the synthesis worker processes.
+    sys.modules["make_corpus"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_forward_shapes_and_key_layout():
+    torch.manual_seed(0)
+    model = PhonemeRecognizer(TINY, ["a", "b", "c"]).eval()
+    feats, lens = torch.randn(2, 12, 560), torch.tensor([12, 7])
+    with torch.no_grad():
+        hidden = model(feats, lens)
+        logits = model.ctc_logits(feats, lens)
+    assert hidden.shape == (2, 12, 32) and logits.shape == (2, 12, 4)
+    assert torch.all(hidden[1, 7:] == 0)
+    keys = set(model.state_dict())
+    assert {"embed.weight", "encoder.encoders0.0.self_attn.linear_q_k_v.weight"} <= keys
+    assert {"encoder.encoders.0.norm1.weight", "encoder.after_norm.weight"} <= keys
+    assert {"ctc.ctc_lo.weight", "ctc.ctc_lo.bias"} <= keys
+    # The encoder part loads strictly into the plain SenseVoice encoder and runs identically.
+    plain = SenseVoiceEncoder(TINY).eval()
+    plain.load_state_dict(model.encoder_state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(feats, lens), hidden, rtol=0, atol=0)
+
+
+def test_default_config_fits_flexicodec_and_asset_budget():
+    model = PhonemeRecognizer(DEFAULT_RECOGNIZER_CONFIG, [f"p{i}" for i in range(120)])
+    assert model.cfg.output_size == 512 and model.cfg.input_size == 560
+    fp16_bytes = 2 * sum(p.numel() for p in model.parameters())
+    assert fp16_bytes <= 8e6
+
+
+def test_bad_inventory_and_unknown_tokens_raise():
+    with pytest.raises(CheckpointError, match="phonemes"):
+        PhonemeRecognizer(TINY, ["a", "a"])
+    with pytest.raises(CheckpointError, match="phonemes"):
+        PhonemeRecognizer(TINY, ["a b"])
+    model = PhonemeRecognizer(TINY, ["a", "b"])
+    assert model.encode_phonemes(["b", "a", "b"]) == [2, 1, 2]
+    with pytest.raises(InputError, match="'z'"):
+        model.encode_phonemes(["a", "z"])
+
+
+def test_ctc_greedy_decode():
+    path = [0, 1, 1, 0, 1, 2, 2, 0, 3, 3]
+    logits = torch.full((2, len(path), 4), -5.0)
+    logits[0, torch.arange(len(path)), torch.tensor(path)] = 5.0
+    logits[1, :, 0] = 5.0
+    logits[1, 4:6, 2] = 10.0
+    assert ctc_greedy_decode(logits) == [[1, 1, 2, 3], [2]]
+    assert ctc_greedy_decode(logits, torch.tensor([6, 4])) == [[1, 1, 2], []]
+    with pytest.raises(InputError, match="logits"):
+        ctc_greedy_decode(torch.zeros(3, 4))
+
+
+def test_edit_distance_and_per():
+    assert edit_distance("kitten", "sitting") == 3
+    assert edit_distance([], ["a"]) == 1 and edit_distance(["a"], []) == 1
+    assert edit_distance(["aɪ", "t"], ["aɪ", "t"]) == 0
+    refs = [["a", "b", "c"], ["d"]]
+    assert phoneme_error_rate(refs, [["a", "c"], ["d", "e"]]) == pytest.approx(2 / 4)
+    with pytest.raises(InputError, match="hyps"):
+        phoneme_error_rate(refs, [["a"]])
+    with pytest.raises(InputError, match="refs"):
+        phoneme_error_rate([[]], [["a"]])
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = PhonemeRecognizer(TINY, ["a", "b", "ʃ"])
+    save_recognizer(model, tmp_path, info={"note": "test"})
+    loaded = load_recognizer(tmp_path)
+    assert loaded.phonemes == ("a", "b", "ʃ") and loaded.cfg == TINY
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    for key, value in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == torch.float32
+        torch.testing.assert_close(loaded.state_dict()[key], value.half().float(), rtol=0, atol=0)
+    # The YAML is SenseVoiceSmall-shaped: the reference config reader understands it.
+    assert SenseVoiceConfig.from_yaml(tmp_path / "recognizer.yaml") == TINY
+    (tmp_path / "recognizer.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="recognizer.safetensors"):
+        load_recognizer(tmp_path)
+
+
+def tone_audio(tokens: list[str], rng: torch.Generator) -> torch.Tensor:
+    """16 kHz audio with one 120 ms tone per token, plus a little noise."""
+    t = torch.arange(1920) / 16000
+    parts = [0.5 * torch.sin(2 * math.pi * TONES[p] * t) for p in tokens]
+    audio = torch.cat([torch.zeros(800), *parts, torch.zeros(800)])
+    return audio + 0.01 * torch.randn(audio.shape, generator=rng)
+
+
+def write_tone_corpus(folder: Path, n_train: int, n_heldout: int) -> None:
+    """A corpus in make_corpus.py's layout whose utterances are tone sequences."""
+    rng = torch.Generator().manual_seed(0)
+    symbols = sorted(TONES)
+    for split, count in (("train", n_train), ("heldout", n_heldout)):
+        (folder / split).mkdir(parents=True)
+        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for i in range(count):
+                n = int(torch.randint(3, 6, (1,), generator=rng))
+                tokens = [symbols[int(k)] for k in torch.randint(0, 4, (n,), generator=rng)]
+                audio = tone_audio(tokens, rng)
+                path = f"{split}/{i:06d}.wav"
+                sf.write(str(folder / path), audio.numpy(), 16000, subtype="PCM_16")
+                record = {"path": path, "text": "".join(tokens), "lang": "tone", "voice": "sine"}
+                record.update({"seconds": audio.numel() / 16000, "phonemes": " ".join(tokens)})
+                f.write(json.dumps(record) + "\n")
+    (folder / "phonemes.txt").write_text("\n".join(symbols) + "\n", encoding="utf-8")
+
+
+def test_training_lowers_ctc_loss(tmp_path):
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    write_tone_corpus(corpus, n_train=8, n_heldout=2)
+    args = ["--corpus", str(corpus), "--out", str(out), "--steps", "20", "--threads", "1"]
+    args += ["--batch-frames", "100", "--lr", "3e-3", "--warmup", "5", "--log-every", "1"]
+    args += ["--eval-every", "10", "--save-every", "10", *TINY_FLAGS]
+    result = train_recognizer.main(args)
+
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 20
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
+    assert [r["step"] for r in log if "heldout_per" in r and "event" not in r] == [10, 20]
+    assert result["steps"] == 20 and 0.0 <= result["per"]
+    assert (corpus / "features" / "train.safetensors").is_file()
+    assert json.loads((out / "eval.json").read_text())["utterances"] == 2
+
+    recognizer = load_recognizer(out)
+    hyps = recognizer.transcribe(tone_audio(["a", "b", "c"], torch.Generator())[None])
+    assert len(hyps) == 1 and set(hyps[0]) <= set(TONES)
+
+
+def test_phoneme_tokens_from_espeak_ipa():
+    make_corpus = load_make_corpus()
+    ipa = "ð_ə k_w_ˈɪ_k l_ə- (en)h_ˈaʊ_s(fr) ʃ_n_ˈɛ_l__ _ˌyː_b_ɜ"
+    expected = "ð ə k w ɪ k l ə h aʊ s ʃ n ɛ l yː b ɜ".split()
+    assert make_corpus.phoneme_tokens(ipa) == expected
+
+
+def test_sentence_plan_is_deterministic_and_splits_are_disjoint():
+    make_corpus = load_make_corpus()
+    plan = make_corpus.make_utterances(40, 10, seed=3)
+    assert plan == make_corpus.make_utterances(40, 10, seed=3)
+    train = {p["text"] for p in plan if p["path"].startswith("train/")}
+    heldout = {p["text"] for p in plan if p["path"].startswith("heldout/")}
+    assert len(train) == 40 and len(heldout) == 10 and not train & heldout
+    assert {p["lang"] for p in plan} <= {"en", "de", "es", "fr"}
+
+
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None,
+    reason="espeak-ng is not on PATH (system package `espeak-ng`); make_corpus.py needs it",
+)
+def test_make_corpus_small(tmp_path):
+    make_corpus = load_make_corpus()
+    args = ["--out", str(tmp_path), "--num", "4", "--num-heldout", "2", "--workers", "1"]
+    stats = make_corpus.main(args)
+    assert stats["utterances"] == {"train": 4, "heldout": 2}
+    inventory = set((tmp_path / "phonemes.txt").read_text(encoding="utf-8").split())
+    for split, count in (("train", 4), ("heldout", 2)):
+        records = [json.loads(x) for x in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
+        assert len(records) == count
+        for record in records:
+            info = sf.info(str(tmp_path / record["path"]))
+            assert info.samplerate == 16000 and info.channels == 1
+            assert abs(info.frames / 16000 - record["seconds"]) < 1e-3
+            assert record["phonemes"] and (
+                split == "heldout" or set(record["phonemes"].split()) <= inventory
+            )
+    # A rerun with the same settings finds every utterance done.
+    assert make_corpus.main(args)["synthesised_now"] == 0
+    with pytest.raises(RuntimeError, match="same settings"):
+        make_corpus.main(["--out", str(tmp_path), "--num", "5", "--workers", "1"])
