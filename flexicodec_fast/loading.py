@@ -15,6 +15,8 @@ from .reference.model import FlexiCodec
 
 log = logging.getLogger("flexicodec_fast")
 
+BUILTIN_DIR = Path(__file__).resolve().parent / "assets" / "builtin"
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """`"auto"` -> CUDA when available, else CPU; anything else as torch understands it."""
@@ -54,6 +56,9 @@ def prepare_model(
 ) -> FlexiCodec:
     """Load a FlexiCodec in eval mode on `device`; nothing is downloaded or unpickled.
 
+    With no arguments, the small built-in model bundled with the package (trained here on
+    synthetic espeak-ng speech; see docs/builtin_model.md) is loaded.
+
     ckpt_path: FlexiCodec weights (`.safetensors`, fp32 or fp16; or a weights-only `.pt`).
     config_path: the official-layout config YAML (top-level `model:` mapping).
     sensevoice_small_path: SenseVoiceSmall folder (`model.pt`, `config.yaml`, `am.mvn`), used
@@ -62,11 +67,13 @@ def prepare_model(
     Returns the reference `FlexiCodec`; `model.load_report` says what was loaded and skipped.
     """
     if ckpt_path is None and config_path is None and sensevoice_small_path is None:
-        raise CheckpointError(
-            "prepare_model(): the built-in default model is not bundled yet; pass ckpt_path and "
-            "config_path (official FlexiCodec files) and, if the checkpoint has no "
-            "semantic_model.* weights, sensevoice_small_path"
-        )
+        if not (BUILTIN_DIR / "model.safetensors").is_file():
+            raise CheckpointError(
+                "prepare_model(): the built-in default model is not bundled in this install; "
+                "pass ckpt_path and config_path (official FlexiCodec files) and, if the "
+                "checkpoint has no semantic_model.* weights, sensevoice_small_path"
+            )
+        ckpt_path, config_path = BUILTIN_DIR / "model.safetensors", BUILTIN_DIR / "config.yaml"
     if ckpt_path is None or config_path is None:
         raise CheckpointError(
             "prepare_model(): ckpt_path and config_path go together (nothing is downloaded), got "

@@ -1,0 +1,134 @@
+"""Evaluate a FlexiCodec on held-out sentences with the bundled phoneme recogniser.
+
+    python scripts/evaluate_builtin.py --corpus /work/data/corpus [--model-dir DIR] \
+        [--num 80] [--out docs/builtin_eval.md]
+
+Reports, on `--num` held-out utterances (made by scripts/make_corpus.py):
+* phoneme error rate (PER) of the recogniser on the original audio and on audio decoded from
+  codes, and a log-mel L1 distance, at thresholds 1.0 / 0.95 / 0.91 / 0.85 and several numbers
+  of quantizers;
+* the average frame rate at each threshold and its Pearson correlation, over utterances, with
+  the utterance's phoneme rate (phonemes per second);
+* dynamic merging against fixed-rate pooling (every k frames one token) at the same average
+  frame rate: the paper's central claim, in miniature.
+`--model-dir` holds `model.safetensors` + `config.yaml` (default: the built-in model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import soundfile as sf
+import torch
+
+from flexicodec_fast import fast_decode, fast_encode, prepare_model
+from flexicodec_fast.asr.recognizer import load_recognizer, phoneme_error_rate
+from flexicodec_fast.reference.losses import MelLossSettings, MultiScaleMelLoss
+
+
+def _pearson(a: list[float], b: list[float]) -> float:
+    x, y = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    x, y = x - x.mean(), y - y.mean()
+    return float((x * y).sum() / (x.norm() * y.norm()).clamp_min(1e-12))
+
+
+def _load(corpus: Path, num: int):
+    rows = [json.loads(line) for line in (corpus / "heldout.jsonl").read_text().splitlines()][:num]
+    audio = [torch.from_numpy(sf.read(str(corpus / r["path"]), dtype="float32")[0]) for r in rows]
+    return rows, audio
+
+
+def _run(model, recognizer, mel, audio, refs, *, threshold, nq, fixed: int | None = None):
+    """Encode + decode every clip; PER of the decoded audio, mel distance, frame rates."""
+    config = model.config
+    saved = config.max_tokens_per_group
+    if fixed is not None:
+        # Fixed-rate pooling: no similarity boundary (cosine >= -1 > -2), a forced split
+        # every `fixed` frames: uniform groups at 12.5 / fixed Hz.
+        config.max_tokens_per_group, threshold = fixed, -2.0
+    hyps, rates, dists = [], [], []
+    try:
+        for clip in audio:
+            enc = fast_encode(clip[None], model, num_quantizers=nq, merging_threshold=threshold)
+            wav = fast_decode(
+                model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"]
+            )[0, 0]
+            frames = int(enc["token_lengths"].sum())
+            rates.append(int(enc["total_frames"][0]) / frames * 12.5)
+            n = min(wav.numel(), clip.numel())
+            dists.append(float(mel(wav[None, None, :n], clip[None, None, :n])))
+            hyps.append(recognizer.transcribe(wav[None])[0])
+    finally:
+        config.max_tokens_per_group = saved
+    return phoneme_error_rate(refs, hyps), sum(dists) / len(dists), rates
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--model-dir", type=Path)
+    parser.add_argument("--num", type=int, default=80)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    if args.model_dir is None:
+        model = prepare_model(device="cpu")
+    else:
+        model = prepare_model(
+            args.model_dir / "model.safetensors", args.model_dir / "config.yaml", device="cpu"
+        )
+    recognizer = load_recognizer()
+    mel = MultiScaleMelLoss(MelLossSettings(filter_sample_rate=None))
+    rows, audio = _load(args.corpus, args.num)
+    refs = [r["phonemes"].split() for r in rows]
+    phoneme_rate = [len(r) / r_["seconds"] for r, r_ in zip(refs, rows, strict=True)]
+    original = phoneme_error_rate(refs, [recognizer.transcribe(a[None])[0] for a in audio])
+    max_nq = model.max_num_quantizers
+    lines = [
+        f"Held-out utterances: {len(rows)}; recogniser PER on the original audio: {original:.1%}.",
+        "",
+        "| threshold | quantizers | avg frame rate (Hz) | r(frame rate, phoneme rate) "
+        "| PER decoded | log-mel L1 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    dynamic = {}
+    for threshold in (1.0, 0.95, 0.91, 0.85):
+        for nq in sorted({1, min(3, max_nq), max_nq}):
+            per, dist, rates = _run(model, recognizer, mel, audio, refs, threshold=threshold, nq=nq)
+            avg = sum(rates) / len(rates)
+            dynamic[(threshold, nq)] = (per, dist, avg)
+            r = _pearson(rates, phoneme_rate)
+            lines.append(f"| {threshold} | {nq} | {avg:.2f} | {r:.3f} | {per:.1%} | {dist:.3f} |")
+            print(lines[-1], flush=True)
+    lines += [
+        "",
+        "Dynamic merging vs fixed-rate pooling at about the same average frame rate "
+        f"({max_nq} quantizers):",
+        "",
+        "| pooling | avg frame rate (Hz) | PER decoded | log-mel L1 |",
+        "|---|---:|---:|---:|",
+    ]
+    for threshold in (0.91, 0.85):
+        per, dist, avg = dynamic[(threshold, max_nq)]
+        k = max(1, round(12.5 / avg))
+        fper, fdist, frates = _run(
+            model, recognizer, mel, audio, refs, threshold=threshold, nq=max_nq, fixed=k
+        )
+        favg = sum(frates) / len(frates)
+        lines.append(f"| dynamic, threshold {threshold} | {avg:.2f} | {per:.1%} | {dist:.3f} |")
+        lines.append(f"| fixed, every {k} frames | {favg:.2f} | {fper:.1%} | {fdist:.3f} |")
+        print(lines[-2], lines[-1], sep="\n", flush=True)
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return 0 if math.isfinite(original) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
