@@ -1,4 +1,5 @@
-"""Command line: `flexicodec-fast demo | encode | decode | info | train | profile`."""
+"""Command line: `flexicodec-fast demo | encode | decode | info | encode-dataset | train |
+profile`."""
 
 from __future__ import annotations
 
@@ -189,9 +190,11 @@ def main(argv=None) -> int:
     info.add_argument("paths", nargs="+", type=Path)
     info.set_defaults(func=cmd_info)
 
+    from .distributed import add_encode_dataset_parser
     from .profiling import add_profile_parser
     from .train.cli import add_train_parser
 
+    add_encode_dataset_parser(sub)
     add_train_parser(sub)
     add_profile_parser(sub)
 

@@ -1,0 +1,185 @@
+"""Hugging Face `datasets`: encode an audio `Dataset` with `Dataset.map(batched=True)`, and
+read `encode_dataset`'s parquet shards back as a `Dataset`.
+
+Both carry the same code columns (`distributed.CODES_COLUMNS`: token_lengths,
+semantic_codes, acoustic_codes as lists, trimmed to each clip's tokens, plus lengths,
+threshold and model fingerprint), so `distributed.codes_from_row` turns a row of either into
+tensors for `fast_decode`. Needs the `[ray]` extra's `datasets` (not Ray itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict
+
+import numpy as np
+
+from .distributed import (
+    CODES_COLUMNS,
+    DatasetJobError,
+    EncodeOptions,
+    _read_bytes,
+    _require,
+    decode_audio,
+    encode_clips,
+    length_buckets,
+    part_files,
+    positive_int,
+    to_model_audio,
+)
+from .reference.errors import FlexiCodecError, InputError
+
+
+def codes_features():
+    """`datasets` features of the code columns (the same types as the part files)."""
+    _require("datasets")
+    from datasets import List, Value
+
+    return {
+        "audio_samples": Value("int64"),
+        "num_frames": Value("int64"),
+        "total_frames": Value("int64"),
+        "threshold": Value("float64"),
+        "token_lengths": List(Value("int32")),
+        "semantic_codes": List(Value("int32")),
+        "acoustic_codes": List(List(Value("int32"))),
+        "model_fingerprint": Value("string"),
+    }
+
+
+def _clip(value, sample_rate: int | None, mix_down: bool):
+    """One audio cell -> 16 kHz mono float32 tensor `[N]`.
+
+    Cells: `{"bytes", "path"}` (an `Audio` column, read undecoded and decoded here with
+    libsndfile, like the file pipeline), `{"array", "sampling_rate"}` (samples `[N]` or
+    `[C, N]`, the `datasets` layout), or a bare array with `sample_rate`.
+    """
+    if isinstance(value, Mapping) and "array" not in value:
+        if value.get("bytes") is not None:
+            return decode_audio(value["bytes"], mix_down)
+        if value.get("path") is not None:
+            return decode_audio(_read_bytes(value["path"]), mix_down)
+        raise FlexiCodecError(f"expected audio bytes, a path or an array, got {value!r}"[:200])
+    if isinstance(value, Mapping):
+        samples, rate = value["array"], value.get("sampling_rate")
+    else:
+        samples, rate = value, sample_rate
+    if not isinstance(rate, int) or rate <= 0:
+        raise FlexiCodecError(
+            f"no sampling rate: expected {{'array', 'sampling_rate'}} cells or sample_rate=, "
+            f"got {rate!r}"
+        )
+    wav = np.asarray(samples, dtype=np.float32)
+    if wav.ndim not in (1, 2):
+        raise FlexiCodecError(f"expected samples [N] or [C, N], got shape {list(wav.shape)}")
+    return to_model_audio(wav[:, None] if wav.ndim == 1 else wav.T, rate, mix_down)
+
+
+def encode_hf_dataset(
+    dataset,
+    model,
+    *,
+    audio_column: str = "audio",
+    sample_rate: int | None = None,
+    num_quantizers: int = 8,
+    merging_threshold: float = 0.91,
+    target_frame_rate: float | None = None,
+    precision: str = "fp32",
+    mix_down: bool = False,
+    batch_size: int = 8,
+    bucket_size: int | None = None,
+    backend: str = "auto",
+    **map_kwargs,
+):
+    """`dataset` with the code columns (`CODES_COLUMNS`) added, computed by `fast_encode` in
+    `Dataset.map(batched=True)`; the other columns are kept as they are.
+
+    audio_column: an `Audio` column (read undecoded, decoded here with libsndfile: no
+        torchcodec needed, and the codes equal `encode-dataset`'s for the same files), a
+        column of `{"array", "sampling_rate"}`, or of bare arrays with `sample_rate`.
+    num_quantizers, merging_threshold, target_frame_rate, precision, mix_down: as for
+        `fast_encode` (mix_down averages `[C, N]` samples or multi-channel files).
+    batch_size: clips per `fast_encode` call; bucket_size: rows per `map` call, sorted by
+        length into those batches (default 8 x batch_size).
+    map_kwargs: passed to `Dataset.map` (`num_proc`, `cache_file_name`, `desc`, ...).
+    A clip that cannot be encoded raises `InputError` naming its row.
+    """
+    datasets = _require("datasets")
+    from .codes_file import model_fingerprint
+    from .fast import _resolve_model
+
+    model = _resolve_model(model)
+    positive_int("batch_size", batch_size)
+    bucket_size = positive_int(
+        "bucket_size", 8 * batch_size if bucket_size is None else bucket_size
+    )
+    options = EncodeOptions(
+        num_quantizers, merging_threshold, target_frame_rate, precision, mix_down
+    )
+    if audio_column not in dataset.column_names:
+        raise InputError(
+            f"audio_column: {audio_column!r} is not a column of the dataset "
+            f"({dataset.column_names})"
+        )
+    clash = sorted(set(CODES_COLUMNS) & set(dataset.column_names))
+    if clash:
+        raise InputError(f"dataset: already has code columns {clash}; remove them first")
+    feature = dataset.features[audio_column]
+    is_audio = isinstance(feature, datasets.Audio)
+    if is_audio:
+        dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
+
+    def encode(batch, indices):
+        clips = []
+        for value, row in zip(batch[audio_column], indices, strict=True):
+            try:
+                clips.append(_clip(value, sample_rate, mix_down))
+            except (FlexiCodecError, OSError) as e:  # OSError: a path that cannot be read
+                raise InputError(f"{audio_column}[{row}]: {e}") from e
+        columns = {key: [None] * len(clips) for key in CODES_COLUMNS}
+        for bucket in length_buckets([c.numel() for c in clips], batch_size):
+            result = encode_clips(model, [clips[j] for j in bucket], options, backend)
+            for key, values in result.items():
+                for j, value in zip(bucket, values, strict=True):
+                    columns[key][j] = value
+        return columns
+
+    features = dataset.features.copy()
+    features.update(codes_features())
+    # The transform closes over the model: hashing it for the cache fingerprint would be
+    # slow, so the fingerprint is derived from what decides the codes instead.
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [
+                dataset._fingerprint,
+                model_fingerprint(model),
+                asdict(options),
+                audio_column,
+                sample_rate,
+            ]
+        ).encode()
+    ).hexdigest()[:16]
+    encoded = dataset.map(
+        encode,
+        batched=True,
+        batch_size=bucket_size,
+        with_indices=True,
+        features=features,
+        new_fingerprint=fingerprint,
+        **map_kwargs,
+    )
+    return encoded.cast_column(audio_column, feature) if is_audio else encoded
+
+
+def load_codes_dataset(out_dir, **from_parquet_kwargs):
+    """The committed shards of an `encode_dataset` output folder (local or URI) as one
+    `datasets.Dataset`, rows in corpus (index) order: index, id, source and the code columns.
+    `from_parquet_kwargs` go to `Dataset.from_parquet` (`storage_options`, `keep_in_memory`,
+    ...)."""
+    datasets = _require("datasets")
+    files = part_files(str(out_dir))
+    if not files:
+        raise DatasetJobError(f"{out_dir}: no committed part-*.parquet shards")
+    return datasets.Dataset.from_parquet(files, **from_parquet_kwargs)
