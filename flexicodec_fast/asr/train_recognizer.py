@@ -274,8 +274,17 @@ def learning_rate(step: int, progress: float, peak: float, warmup: int) -> float
 
 
 def train(args: argparse.Namespace) -> dict:
-    """The training run `main` describes; returns the final evaluation record."""
+    """The training run `main` describes; returns the final evaluation record. The thread
+    count is the caller's again afterwards (this also runs inside other programs' processes)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _train(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     corpus, out = Path(args.corpus), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
