@@ -25,7 +25,10 @@ def _load_model(args, allow_random: bool = False):
             args.checkpoint, args.config, args.sensevoice, args.device
         ), "checkpoint"
     try:
-        return prepare_model(device=args.device), "built-in default model"
+        return prepare_model(device=args.device), (
+            "built-in default model (a small model trained briefly on synthetic espeak-ng "
+            "speech; see docs/builtin_model.md for its quality)"
+        )
     except CheckpointError:
         if not allow_random:
             raise

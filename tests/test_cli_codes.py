@@ -203,9 +203,17 @@ def test_decode_reports_tampered_file_and_goes_on(tmp_path, codes_file, model, m
     assert "acoustic codes outside" in capsys.readouterr().err
 
 
-def test_demo_runs_and_says_the_model_is_random(tmp_path, capsys):
+def test_demo_runs_on_the_builtin_model(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "RANDOMLY INITIALISED" in out and "average frame rate" in out
+    assert "built-in default model" in out and "average frame rate" in out
     audio, sr = sf.read(str(tmp_path / "decoded.wav"))
     assert sr == 16000 and audio.ndim == 1 and audio.size > 0
+
+
+def test_demo_without_builtin_model_says_the_model_is_random(tmp_path, capsys, monkeypatch):
+    import flexicodec_fast.loading as loading
+
+    monkeypatch.setattr(loading, "BUILTIN_DIR", tmp_path / "none")
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert "RANDOMLY INITIALISED" in capsys.readouterr().out

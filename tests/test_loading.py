@@ -220,11 +220,22 @@ def test_bad_config_files(fixture_dir, tmp_path):
         ff.prepare_model(fixture_dir / "model.safetensors", tmp_path / "u.yaml", device="cpu")
 
 
-def test_prepare_model_without_files_says_what_to_pass():
+def test_prepare_model_without_files_says_what_to_pass(monkeypatch, tmp_path):
+    import flexicodec_fast.loading as loading
+
+    monkeypatch.setattr(loading, "BUILTIN_DIR", tmp_path)
     with pytest.raises(ff.CheckpointError, match="built-in default model"):
         ff.prepare_model()
     with pytest.raises(ff.CheckpointError, match="go together"):
         ff.prepare_model(ckpt_path="x.safetensors")
+
+
+def test_builtin_model_loads_offline():
+    model = ff.prepare_model(device="cpu")
+    assert model.config.transformer_window == 16  # the local-attention built-in model
+    assert model.load_report.upcast_dtypes == {"float16"}
+    enc = ff.fast_encode(torch.zeros(1, 16000), model, num_quantizers=2)
+    assert enc["semantic_codes"].shape[-1] == int(enc["total_frames"][0])
 
 
 class Payload:

@@ -185,7 +185,10 @@ def _cli(argv):
     return args.func(args)
 
 
-def test_cli_profile_prints_json(tmp_path, capsys):
+def test_cli_profile_prints_json(tmp_path, capsys, monkeypatch):
+    import flexicodec_fast.loading as loading
+
+    monkeypatch.setattr(loading, "BUILTIN_DIR", tmp_path / "no-builtin")
     assert _cli(["profile", "--seconds", "1.5", "--out", str(tmp_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {p["part"] for p in report["parts"]} >= set(profiling.PARTS)
