@@ -123,14 +123,21 @@ class ResidualVectorQuantize(nn.Module):
         batch = z.shape[0]
         n_per_item = self._stages_per_item(batch, n_quantizers).to(z.device)
         n_run = self.n_codebooks if self.training else int(n_per_item[0])
+        return self.run_stages(
+            z, n_per_item, n_run, lambda k, quantizer, residual: quantizer(residual)
+        )
 
+    def run_stages(self, z: torch.Tensor, n_per_item: torch.Tensor, n_run: int, stage):
+        """The residual loop over the first `n_run` stages; `stage(k, quantizer, residual)`
+        returns what `VectorQuantize.forward` returns (subclasses assign codes through it).
+        Stages at or past an item's `n_per_item` are left out of its `z_q` and losses."""
         z_q = 0
         residual = z
         commitment_loss = 0
         codebook_loss = 0
         codes, latents = [], []
         for k, quantizer in enumerate(self.quantizers[:n_run]):
-            z_q_k, commitment_k, codebook_k, codes_k, z_e_k = quantizer(residual)
+            z_q_k, commitment_k, codebook_k, codes_k, z_e_k = stage(k, quantizer, residual)
             keep = k < n_per_item
             z_q = z_q + z_q_k * keep[:, None, None]
             residual = residual - z_q_k

@@ -149,32 +149,13 @@ class SemanticResidualVectorQuantize(ResidualVectorQuantize):
         batch = z.shape[0]
         n_per_item = self._stages_per_item(batch, n_quantizers).to(z.device)
         n_run = self.n_codebooks if self.training else int(n_per_item[0])
-        # The parent's stage loop, with stage 0 assigned (kept in step with reference.rvq).
-        z_q = 0
-        residual = z
-        commitment_loss = 0
-        codebook_loss = 0
-        codes, latents = [], []
-        for k, quantizer in enumerate(self.quantizers[:n_run]):
+
+        def stage(k, quantizer, residual):
             if k == 0:
-                stage = assigned_stage(quantizer, residual, tokens.long())
-            else:
-                stage = quantizer(residual)
-            z_q_k, commitment_k, codebook_k, codes_k, z_e_k = stage
-            keep = k < n_per_item
-            z_q = z_q + z_q_k * keep[:, None, None]
-            residual = residual - z_q_k
-            commitment_loss = commitment_loss + (commitment_k * keep).mean()
-            codebook_loss = codebook_loss + (codebook_k * keep).mean()
-            codes.append(codes_k)
-            latents.append(z_e_k)
-        return (
-            z_q,
-            torch.stack(codes, dim=1),
-            torch.cat(latents, dim=1),
-            commitment_loss,
-            codebook_loss,
-        )
+                return assigned_stage(quantizer, residual, tokens.long())
+            return quantizer(residual)
+
+        return self.run_stages(z, n_per_item, n_run, stage)
 
 
 # ----------------------------------------------------------------------------- SPD
