@@ -35,6 +35,10 @@ except ImportError:  # the torch paths need nothing from Triton
         def cdiv(a: int, b: int) -> int:
             return -(-a // b)
 
+        @staticmethod
+        def next_power_of_2(n: int) -> int:
+            return 1 << max(0, int(n) - 1).bit_length()
+
     class _MissingLanguage:
         """Stand-in for `triton.language`: only what kernel signatures evaluate at import."""
 
