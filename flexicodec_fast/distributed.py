@@ -201,22 +201,6 @@ def load_model_spec(spec: dict, device: str = "auto"):
 # ------------------------------------------------------------------------------ audio
 
 
-def to_model_audio(wav: np.ndarray, sample_rate: int, mix_down: bool) -> torch.Tensor:
-    """Samples `[N, C]` float32 at `sample_rate` -> 16 kHz mono float32 `[N']`, with the same
-    checks and the same arithmetic as `jobs.read_audio` (so codes match the per-file CLI)."""
-    from .reference.frontend import MIN_SAMPLES
-    from .resampling import resample
-
-    if wav.shape[1] > 1 and not mix_down:
-        raise FlexiCodecError(f"{wav.shape[1]} channels; FlexiCodec is mono (use mix_down)")
-    audio = resample(torch.from_numpy(wav.mean(axis=1)), sample_rate, 16000)
-    if audio.numel() < MIN_SAMPLES:
-        raise FlexiCodecError(f"{audio.numel()} samples at 16 kHz, at least {MIN_SAMPLES} needed")
-    if not bool(torch.isfinite(audio).all()):
-        raise FlexiCodecError("contains NaN or Inf samples")
-    return audio
-
-
 def decode_audio(data: bytes, mix_down: bool) -> torch.Tensor:
     """An encoded audio file's bytes (anything libsndfile reads) -> 16 kHz mono `[N]`."""
     import soundfile as sf
@@ -226,6 +210,8 @@ def decode_audio(data: bytes, mix_down: bool) -> torch.Tensor:
     except sf.LibsndfileError as e:
         # Its own message names the in-memory buffer object, which says nothing.
         raise FlexiCodecError(f"not a readable audio file ({e.error_string})") from e
+    from .jobs import to_model_audio
+
     return to_model_audio(wav, sr, mix_down)
 
 

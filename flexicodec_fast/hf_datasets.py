@@ -27,8 +27,8 @@ from .distributed import (
     length_buckets,
     part_files,
     positive_int,
-    to_model_audio,
 )
+from .jobs import to_model_audio
 from .reference.errors import FlexiCodecError, InputError
 
 

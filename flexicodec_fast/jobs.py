@@ -46,17 +46,26 @@ def collect(paths: list[Path], suffixes: tuple[str, ...]) -> list[tuple[Path, Pa
     return found
 
 
-def read_audio(path: Path, mix_down: bool) -> torch.Tensor:
-    """A file as 16 kHz mono float32 `[N]`."""
-    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+def to_model_audio(wav, sample_rate: int, mix_down: bool) -> torch.Tensor:
+    """Samples `[N, C]` float32 (numpy) at `sample_rate` -> 16 kHz mono float32 `[N']`, checked
+    as the model needs it. Every file-reading path (CLI, Ray, datasets) goes through this, so
+    they all give one file the same codes."""
     if wav.shape[1] > 1 and not mix_down:
-        raise FlexiCodecError(f"{wav.shape[1]} channels; FlexiCodec is mono (use --mix-down)")
-    audio = resample(torch.from_numpy(wav.mean(axis=1)), sr, 16000)
+        raise FlexiCodecError(
+            f"{wav.shape[1]} channels; FlexiCodec is mono (use --mix-down / mix_down=True)"
+        )
+    audio = resample(torch.from_numpy(wav.mean(axis=1)), sample_rate, 16000)
     if audio.numel() < MIN_SAMPLES:
         raise FlexiCodecError(f"{audio.numel()} samples at 16 kHz, at least {MIN_SAMPLES} needed")
     if not bool(torch.isfinite(audio).all()):
         raise FlexiCodecError("contains NaN or Inf samples")
     return audio
+
+
+def read_audio(path: Path, mix_down: bool) -> torch.Tensor:
+    """A file as 16 kHz mono float32 `[N]`."""
+    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    return to_model_audio(wav, sr, mix_down)
 
 
 def encode_files(
