@@ -185,6 +185,28 @@ def test_a_few_steps_lower_the_generator_loss(data_dir, tmp_path):
     assert not optimised & {id(p) for p in trainer.codec.semantic_model.parameters()}
 
 
+def test_discriminator_warm_up_leaves_the_discriminator_untouched(data_dir, tmp_path):
+    cfg = _tiny(discriminator_start=2, checkpoint_every=2, bypass_quantize_rate=0.0, dither=0.0)
+    trainer = _quiet_trainer(cfg, data_dir, tmp_path / "run", 2)
+    initial = {k: v.clone() for k, v in trainer.disc.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        trainer.run()
+    for key, value in trainer.disc.state_dict().items():
+        assert torch.equal(value, initial[key]), key
+    rows = _log_rows(tmp_path / "run")
+    assert [float(r["adversarial"]) for r in rows] == [0.0, 0.0]
+    assert [float(r["loss_d"]) for r in rows] == [0.0, 0.0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        later = Trainer(cfg, [data_dir], tmp_path / "run", 3, True, "cpu", False)
+        later.run()
+    row = _log_rows(tmp_path / "run")[-1]
+    assert float(row["adversarial"]) > 0 and float(row["loss_d"]) > 0
+    assert any(not torch.equal(v, initial[k]) for k, v in later.disc.state_dict().items())
+
+
 def test_resume_equals_uninterrupted_and_checkpoints_load(data_dir, tmp_path):
     config = _write_config(tmp_path / "cfg.yaml", checkpoint_every=2)
     args = ["--config", str(config), "--data", str(data_dir), "--quiet"]

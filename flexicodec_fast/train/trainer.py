@@ -586,18 +586,13 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def train_step(self, audio: torch.Tensor) -> dict:
-        """One discriminator and one generator update on `audio` `[B, N]`; returns the
-        values of this step's log row (this process's)."""
+    def _discriminator_step(self, fake: torch.Tensor, real: torch.Tensor):
+        """One discriminator update on detached `fake` and `real` `[B, 1, N]`; returns its
+        loss and pre-clipping gradient norm."""
         o = self.t.optimizer
-        w = self.t.loss_weights
-        with self._autocast():
-            out = self.generator(audio)
-        fake, real = out.audio, out.target
         batch = fake.shape[0]
-
         with self._autocast():
-            scores = self.disc_ddp(torch.cat([fake.detach(), real]))
+            scores = self.disc_ddp(torch.cat([fake, real]))
         d_fake = [[f[:batch] for f in maps] for maps in scores]
         d_real = [[f[batch:] for f in maps] for maps in scores]
         loss_d = discriminator_loss(d_fake, d_real)
@@ -607,7 +602,9 @@ class Trainer:
         self.opt_d.step()
         if self.sched_d is not None:
             self.sched_d.step()
+        return loss_d, grad_d
 
+    def _adversarial_terms(self, fake: torch.Tensor, real: torch.Tensor) -> dict:
         # The generator step reads the discriminator without building its parameter graph.
         self.disc.requires_grad_(False)
         with self._autocast():
@@ -615,11 +612,26 @@ class Trainer:
             with torch.no_grad():
                 d_real = self.disc(real)
         self.disc.requires_grad_(True)
-        terms = {
-            **out.losses,
+        return {
             "adversarial": adversarial_loss(d_fake),
             "feature_matching": feature_matching_loss(d_fake, d_real),
         }
+
+    def train_step(self, audio: torch.Tensor) -> dict:
+        """One discriminator and one generator update on `audio` `[B, N]`; returns the
+        values of this step's log row (this process's)."""
+        o = self.t.optimizer
+        w = self.t.loss_weights
+        with self._autocast():
+            out = self.generator(audio)
+        fake, real = out.audio, out.target
+        if self.step < self.t.discriminator_start:
+            zero = fake.new_zeros(())
+            loss_d = grad_d = zero
+            terms = {**out.losses, "adversarial": zero, "feature_matching": zero}
+        else:
+            loss_d, grad_d = self._discriminator_step(fake.detach(), real)
+            terms = {**out.losses, **self._adversarial_terms(fake, real)}
         weights = {
             "mel": w.mel,
             "commitment": w.commitment,
