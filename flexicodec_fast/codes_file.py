@@ -203,7 +203,7 @@ def check_against_model(path, codes: Codes, model, allow_other_model: bool = Fal
             f"made by model {made_by}, but the loaded model is {ours}; decode with the "
             "model that made it, or override (allow_other_model / --allow-other-model)",
         )
-    size = model.semantic_vq.fsq.codebook_size
+    size = model.semantic_codebook_size
     if codes.semantic_codes.numel() and not (
         0 <= int(codes.semantic_codes.min()) and int(codes.semantic_codes.max()) < size
     ):

@@ -6,6 +6,14 @@ SenseVoice with flash attention, the folded DAC stacks with fused Snake, one-pas
 (`kernels.attention`), fused FSQ and all-stage RVQ, and unmerging by one gather. Codes equal
 the reference's; everything is batched with per-item lengths (no per-item Python loops) and
 an item's codes do not depend on its batch mates.
+
+Related-codec options (docs/related_codecs.md): `semantic_quantizer: bsq` runs the fused
+`kernels.bsq` encode/decode; `compressor: focal` runs the model's own focal modules (plain
+PyTorch: depth-wise convolutions and GEMMs); `acoustic_quantizer: semantic_rvq` assigns the
+SPD's predictions as stage 0 of the fused RVQ (`rvq_encode(first_codes=...)`), decoding is
+the plain RVQ decode. `aggregator: fixed_window` is not fused yet: `fast_encode` /
+`fast_decode` run the reference model's `encode` / `decode` for it (in fp32 whatever
+`precision` says; `target_frame_rate` does not apply to fixed windows and is an error).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import torch.nn.functional as F
 
 from .conv_stack import FastDecoder, FastEncoder
 from .fast_modules import FastSenseVoice, FastTransformer
+from .kernels import bsq as kbsq
 from .kernels import fsq as kfsq
 from .kernels import interleave as kinterleave
 from .kernels import merge as kmerge
@@ -155,32 +164,48 @@ class FastCodec:
     def quantize_semantic(self, tokens: torch.Tensor, num_groups: torch.Tensor):
         """tokens `[B, G, 512]` -> (codes `[B, 1, G]` int32, decoded latent `[B, latent, G]`)."""
         model = self.model
-        fsq = model.semantic_vq.fsq
-        hidden = model._convnext(model.convnext_encoder, tokens.transpose(1, 2), num_groups)
-        quantized, codes = kfsq.fsq(
-            hidden.transpose(1, 2).contiguous(),
-            fsq.project_in.weight,
-            fsq.project_in.bias,
-            fsq.project_out.weight,
-            fsq.project_out.bias,
-            self.levels,
-            backend=self.backend,
-        )
-        decoded = model._convnext(model.convnext_decoder, quantized.transpose(1, 2), num_groups)
+        hidden = model.compress(tokens.transpose(1, 2), num_groups).transpose(1, 2).contiguous()
+        if model.config.semantic_quantizer == "bsq":
+            bsq = model.semantic_vq.bsq
+            quantized, codes = kbsq.bsq(
+                hidden,
+                bsq.project_in.weight,
+                bsq.project_in.bias,
+                bsq.project_out.weight,
+                bsq.project_out.bias,
+                backend=self.backend,
+            )
+        else:
+            fsq = model.semantic_vq.fsq
+            quantized, codes = kfsq.fsq(
+                hidden,
+                fsq.project_in.weight,
+                fsq.project_in.bias,
+                fsq.project_out.weight,
+                fsq.project_out.bias,
+                self.levels,
+                backend=self.backend,
+            )
+        decoded = model.decompress(quantized.transpose(1, 2), num_groups)
         return _mask_after(codes.unsqueeze(1), num_groups), decoded
 
     def decode_semantic(self, codes: torch.Tensor, num_groups: torch.Tensor) -> torch.Tensor:
-        fsq = self.model.semantic_vq.fsq
-        quantized = kfsq.fsq_decode(
-            codes[:, 0],
-            fsq.project_out.weight,
-            fsq.project_out.bias,
-            self.levels,
-            backend=self.backend,
-        )
-        return self.model._convnext(
-            self.model.convnext_decoder, quantized.transpose(1, 2), num_groups
-        )
+        model = self.model
+        if model.config.semantic_quantizer == "bsq":
+            bsq = model.semantic_vq.bsq
+            quantized = kbsq.bsq_decode(
+                codes[:, 0], bsq.project_out.weight, bsq.project_out.bias, backend=self.backend
+            )
+        else:
+            fsq = model.semantic_vq.fsq
+            quantized = kfsq.fsq_decode(
+                codes[:, 0],
+                fsq.project_out.weight,
+                fsq.project_out.bias,
+                self.levels,
+                backend=self.backend,
+            )
+        return model.decompress(quantized.transpose(1, 2), num_groups)
 
 
 def _check_options(backend: str, precision: str):
@@ -317,6 +342,14 @@ def fast_encode(
             f"target_frame_rate: expected a number in (0, 12.5] Hz, "
             f"got {describe(target_frame_rate)}"
         )
+    if model.fixed_window:
+        if target_frame_rate is not None:
+            raise InputError(
+                "target_frame_rate: a fixed-window model (aggregator: fixed_window) has a "
+                f"fixed token rate (window {model.config.window}); leave it None"
+            )
+        with torch.inference_mode():
+            return model.encode(audio, audio_lens, num_quantizers, merging_threshold, dither=dither)
     fast = FastCodec.for_model(model, backend, precision)
     with torch.inference_mode():
         return _encode(
@@ -381,6 +414,10 @@ def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_fr
     if num_quantizers > 1:
         residual = (ac_tokens.float() - sem_decoded.transpose(1, 2)).contiguous()
         r = fast.rvq
+        first_codes = None
+        if cfg.acoustic_quantizer == "semantic_rvq":
+            ac_channels_first = ac_tokens.float().transpose(1, 2)
+            first_codes = model.first_stage_codes(ac_channels_first, merged.num_groups)
         acoustic_codes, quantized = krvq.rvq_encode(
             residual,
             r.in_w,
@@ -391,6 +428,7 @@ def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_fr
             r.out_b,
             num_quantizers - 1,
             merged.num_groups,
+            first_codes=first_codes,
             backend=fast.backend,
         )
         latent = quantized.transpose(1, 2) + sem_decoded
@@ -469,6 +507,9 @@ def fast_decode(
     semantic_codes, token_lengths = semantic_codes.to(device), token_lengths.to(device).long()
     if acoustic_codes is not None:
         acoustic_codes = acoustic_codes.to(device)
+    if model.fixed_window:
+        with torch.inference_mode():
+            return model.decode(semantic_codes, acoustic_codes, token_lengths)
     fast = FastCodec.for_model(model, backend, precision)
     with torch.inference_mode():
         groups = torch.arange(token_lengths.shape[1], device=device)

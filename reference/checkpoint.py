@@ -22,9 +22,10 @@ from .sensevoice import SENSEVOICE_UNUSED_PREFIXES, sensevoice_config_from_state
 from .weight_norm import normalise_weight_norm_keys
 
 SENSEVOICE_PREFIX = "semantic_model."
-# Parts of official checkpoints that inference never runs: SenseVoice's extra blocks and CTC
-# head, and the training-only REPA head.
-UNUSED_PREFIXES = tuple(SENSEVOICE_PREFIX + p for p in SENSEVOICE_UNUSED_PREFIXES) + ("repa_mlp.",)
+# Parts of checkpoints that inference never runs: SenseVoice's extra blocks and CTC head, and
+# the training-only heads (REPA; the fixed-window MAE and AR heads, `attach_training_heads`).
+TRAINING_HEADS = ("repa_mlp.", "mae_head.", "ar_predictor.")
+UNUSED_PREFIXES = tuple(SENSEVOICE_PREFIX + p for p in SENSEVOICE_UNUSED_PREFIXES) + TRAINING_HEADS
 
 
 @dataclass

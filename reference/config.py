@@ -83,6 +83,21 @@ class FlexiCodecConfig:
     # for models trained with the paper's local windowed attention; None = full attention.
     transformer_window: int | None = None
     agg_transformer_window: int | None = None
+    # extension (issue #8, docs/related_codecs.md): building blocks of related codecs. The
+    # defaults build FlexiCodec itself, and `to_dict` leaves default values out, so the
+    # config files and fingerprints of FlexiCodec models do not change.
+    semantic_quantizer: str = "fsq"  # "fsq" | "bsq" (FocalCodec)
+    bsq_bits: int = 13
+    compressor: str = "convnext"  # "convnext" | "focal" (FocalCodec)
+    focal_blocks: int = 2
+    focal_level: int = 2
+    focal_window: int = 3
+    focal_factor: int = 2
+    acoustic_quantizer: str = "rvq"  # "rvq" | "semantic_rvq" (STACodec, with SPD)
+    spd: dict = field(default_factory=dict)  # SemanticPredictor options
+    aggregator: str = "similarity"  # "similarity" | "fixed_window" (ALMTokenizer)
+    windows: list[int] = field(default_factory=lambda: [2, 3, 4])  # drawn per training batch
+    window: int = 3  # inference
     # Keys accepted for compatibility with the official constructor, unused here.
     unused: dict = field(default_factory=dict)
 
@@ -114,6 +129,7 @@ class FlexiCodecConfig:
                     f"config: {name} must be a list of positive ints, got {rates!r}"
                 )
             setattr(self, name, [int(r) for r in rates])
+        check_related_options(self)
 
     @property
     def hop_length(self) -> int:
@@ -171,9 +187,98 @@ class FlexiCodecConfig:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict:
+        """The config as a plain mapping; related-codec options at their defaults are left
+        out (a FlexiCodec model's dict is what it was before they existed)."""
         d = dataclasses.asdict(self)
         d.pop("unused")
+        defaults = {f.name: _default(f) for f in dataclasses.fields(self)}
+        for name in RELATED_OPTIONS:
+            if d[name] == defaults[name]:
+                del d[name]
         return d
+
+    @property
+    def is_flexicodec(self) -> bool:
+        """True when no related-codec option is switched on."""
+        return (
+            self.semantic_quantizer == "fsq"
+            and self.compressor == "convnext"
+            and self.acoustic_quantizer == "rvq"
+            and self.aggregator == "similarity"
+        )
+
+
+RELATED_OPTIONS = (
+    "semantic_quantizer",
+    "bsq_bits",
+    "compressor",
+    "focal_blocks",
+    "focal_level",
+    "focal_window",
+    "focal_factor",
+    "acoustic_quantizer",
+    "spd",
+    "aggregator",
+    "windows",
+    "window",
+)
+SPD_OPTIONS = (
+    "dim",
+    "num_heads",
+    "num_layers",
+    "dim_feedforward",
+    "time_masks",
+    "max_time_width",
+    "channel_masks",
+    "max_channel_width",
+)
+CHOICES = {
+    "semantic_quantizer": ("fsq", "bsq"),
+    "compressor": ("convnext", "focal"),
+    "acoustic_quantizer": ("rvq", "semantic_rvq"),
+    "aggregator": ("similarity", "fixed_window"),
+}
+
+
+def _default(f: dataclasses.Field):
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_related_options(cfg: FlexiCodecConfig) -> None:
+    """Raise CheckpointError naming the key for an invalid related-codec option."""
+
+    def fail(key, expected, got):
+        raise CheckpointError(f"config: {key} must be {expected}, got {got!r}")
+
+    for key, choices in CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            fail(key, " or ".join(repr(c) for c in choices), getattr(cfg, key))
+    if not _is_int(cfg.bsq_bits) or not 1 <= cfg.bsq_bits <= 31:
+        fail("bsq_bits", "an int in [1, 31] (int32 codes)", cfg.bsq_bits)
+    if not _is_int(cfg.focal_blocks) or cfg.focal_blocks < 0:
+        fail("focal_blocks", "an int >= 0", cfg.focal_blocks)
+    if not _is_int(cfg.focal_level) or cfg.focal_level < 1:
+        fail("focal_level", "an int >= 1", cfg.focal_level)
+    if not _is_int(cfg.focal_window) or cfg.focal_window < 1 or cfg.focal_window % 2 == 0:
+        fail("focal_window", "an odd int >= 1 (centred depth-wise kernels)", cfg.focal_window)
+    if not _is_int(cfg.focal_factor) or cfg.focal_factor < 0 or cfg.focal_factor % 2:
+        fail("focal_factor", "an even int >= 0 (kernels stay odd)", cfg.focal_factor)
+    if not isinstance(cfg.spd, dict) or sorted(set(cfg.spd) - set(SPD_OPTIONS)):
+        fail("spd", f"a mapping with keys among {list(SPD_OPTIONS)}", cfg.spd)
+    if not all(_is_int(v) and v >= 0 for v in cfg.spd.values()):
+        fail("spd", "a mapping of non-negative ints", cfg.spd)
+    windows = cfg.windows
+    valid = isinstance(windows, list) and all(_is_int(w) and w >= 1 for w in windows)
+    if not valid or not windows:
+        fail("windows", "a non-empty list of ints >= 1 (frames per token in training)", windows)
+    if not _is_int(cfg.window) or cfg.window < 1:
+        fail("window", "an int >= 1 (frames per token at inference)", cfg.window)
 
 
 @dataclass

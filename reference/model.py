@@ -14,8 +14,10 @@ import math
 import torch
 from torch import nn
 
+from . import variants
 from .aggregator import QueryTokenAggregator
 from .attention import AttentionPattern
+from .bsq import BSQWrapper
 from .config import FlexiCodecConfig, SenseVoiceConfig
 from .convnext import ConvNeXtBlock
 from .dac import DAC
@@ -57,6 +59,13 @@ class FlexiCodec(nn.Module):
 
     `encode(audio [B, N]) -> dict` and `decode(semantic_codes, acoustic_codes,
     token_lengths) -> audio [B, 1, hop * T - 16]` (for the released rates).
+
+    Related-codec options of the config (`reference.variants`) replace parts in place:
+    `semantic_quantizer: bsq` (`semantic_vq.bsq.*`), `compressor: focal` (`compressor.*`,
+    `decompressor.*` instead of `convnext_encoder/decoder.*`), `acoustic_quantizer:
+    semantic_rvq` (stage 0 assigned; `semantic_vocab` `[codebook_size, 512]` and `spd.*`),
+    `aggregator: fixed_window` (`semantic_aggregator`, `acoustic_aggregator` are window-query
+    encoders, `window_decoder.*` replaces repeat-by-length; no merging).
     """
 
     def __init__(
@@ -73,22 +82,35 @@ class FlexiCodec(nn.Module):
         self.register_buffer("semantic_std", torch.ones(1))
         self.dac = DAC.from_config(cfg)
         latent = cfg.latent_dim
-        self.convnext_encoder = nn.Sequential(
-            WNConv1d(cfg.ssl_dim, cfg.convnext_dim, kernel_size=1),
-            *[
-                ConvNeXtBlock(cfg.convnext_dim, CONVNEXT_HIDDEN, causal=cfg.is_causal)
-                for _ in range(cfg.convnext_layers)
-            ],
-        )
-        self.semantic_vq = FSQWrapper(cfg.convnext_dim, cfg.fsq_levels)
-        self.convnext_decoder = nn.Sequential(
-            *[
-                ConvNeXtBlock(cfg.convnext_dim, CONVNEXT_HIDDEN, causal=cfg.is_causal)
-                for _ in range(cfg.convnext_layers)
-            ],
-            WNConv1d(cfg.convnext_dim, latent, kernel_size=1),
-        )
-        if cfg.use_query_token_aggregator:
+        if cfg.compressor == "focal":
+            self.compressor, self.decompressor = variants.focal_pair(cfg, latent)
+        else:
+            self.convnext_encoder = nn.Sequential(
+                WNConv1d(cfg.ssl_dim, cfg.convnext_dim, kernel_size=1),
+                *[
+                    ConvNeXtBlock(cfg.convnext_dim, CONVNEXT_HIDDEN, causal=cfg.is_causal)
+                    for _ in range(cfg.convnext_layers)
+                ],
+            )
+        if cfg.semantic_quantizer == "bsq":
+            self.semantic_vq = BSQWrapper(cfg.convnext_dim, cfg.bsq_bits)
+        else:
+            self.semantic_vq = FSQWrapper(cfg.convnext_dim, cfg.fsq_levels)
+        if cfg.compressor == "convnext":
+            self.convnext_decoder = nn.Sequential(
+                *[
+                    ConvNeXtBlock(cfg.convnext_dim, CONVNEXT_HIDDEN, causal=cfg.is_causal)
+                    for _ in range(cfg.convnext_layers)
+                ],
+                WNConv1d(cfg.convnext_dim, latent, kernel_size=1),
+            )
+        if cfg.aggregator == "fixed_window":
+            (
+                self.semantic_aggregator,
+                self.acoustic_aggregator,
+                self.window_decoder,
+            ) = variants.window_encoders(cfg, latent)
+        elif cfg.use_query_token_aggregator:
             self.semantic_aggregator = QueryTokenAggregator(
                 cfg.agg_transformer_dim,
                 cfg.ssl_dim,
@@ -124,12 +146,29 @@ class FlexiCodec(nn.Module):
                     cfg.transformer_window, cfg.transformer_causal, cfg.transformer_context_frames
                 ),
             )
+        if cfg.acoustic_quantizer == "semantic_rvq":
+            self.dac.quantizer = variants.semantic_rvq_like(self.dac.quantizer)
+            # The k-means vocabulary of stage 0, fitted before training (the trainer does it)
+            # and saved with the weights, so a checkpoint is self-contained.
+            self.register_buffer("semantic_vocab", torch.zeros(cfg.codebook_size, cfg.ssl_dim))
+            self.spd = variants.semantic_predictor(cfg, latent)
         for p in self.semantic_model.parameters():
             p.requires_grad_(False)
 
     @property
     def hop_length(self) -> int:
         return self.dac.hop_length
+
+    @property
+    def semantic_codebook_size(self) -> int:
+        """Semantic codes are in `[0, semantic_codebook_size)`."""
+        if self.config.semantic_quantizer == "bsq":
+            return self.semantic_vq.codebook_size
+        return self.semantic_vq.fsq.codebook_size
+
+    @property
+    def fixed_window(self) -> bool:
+        return self.config.aggregator == "fixed_window"
 
     @property
     def max_num_quantizers(self) -> int:
@@ -155,8 +194,20 @@ class FlexiCodec(nn.Module):
         """Segment `sem` `[B, 512, T]` (channels-first, as the official similarity reads it)."""
         return segment(sem.transpose(1, 2), threshold, self.config.max_tokens_per_group, lengths)
 
+    def window_segmentation(self, sem, lengths, window: int) -> Segmentation:
+        """Fixed windows of `window` frames over sem `[B, 512, T]` (`aggregator:
+        fixed_window`)."""
+        return variants.window_segmentation(sem, lengths, window)
+
     def aggregate(self, sem: torch.Tensor, ac: torch.Tensor, seg: Segmentation):
         """Group tokens of both streams, each `[B, C, G]`."""
+        if self.fixed_window:
+            window = int(seg.token_lengths.max())
+            lengths = seg.frame_lengths
+            return tuple(
+                agg(x, window, lengths)[0]
+                for agg, x in ((self.semantic_aggregator, sem), (self.acoustic_aggregator, ac))
+            )
         if self.config.use_query_token_aggregator:
             return self.semantic_aggregator(sem, seg), self.acoustic_aggregator(ac, seg)
         means = [group_means(x.transpose(1, 2), seg.group_ids, seg.max_groups) for x in (sem, ac)]
@@ -170,13 +221,29 @@ class FlexiCodec(nn.Module):
             x = _mask_after(layer(x), lengths)
         return x
 
+    def compress(self, tokens: torch.Tensor, num_groups: torch.Tensor) -> torch.Tensor:
+        """Semantic tokens `[B, 512, G]` -> quantizer input `[B, convnext_dim, G]` (ConvNeXt,
+        or the focal compressor), zero past `num_groups`."""
+        if self.config.compressor == "focal":
+            return self.compressor(_mask_after(tokens, num_groups), num_groups)
+        return self._convnext(self.convnext_encoder, tokens, num_groups)
+
+    def decompress(self, quantized: torch.Tensor, num_groups: torch.Tensor) -> torch.Tensor:
+        """Quantized `[B, convnext_dim, G]` -> semantic latent `[B, latent, G]`."""
+        if self.config.compressor == "focal":
+            return self.decompressor(_mask_after(quantized, num_groups), num_groups)
+        return self._convnext(self.convnext_decoder, quantized, num_groups)
+
     def quantize_semantic(self, tokens: torch.Tensor, num_groups: torch.Tensor):
         """`[B, 512, G]` -> (codes `[B, 1, G]` int32, decoded semantic latent `[B, latent, G]`)."""
-        quantized, codes = self.semantic_vq(
-            self._convnext(self.convnext_encoder, tokens, num_groups)
-        )
-        decoded = self._convnext(self.convnext_decoder, quantized, num_groups)
+        quantized, codes = self.semantic_vq(self.compress(tokens, num_groups))
+        decoded = self.decompress(quantized, num_groups)
         return _mask_after(codes, num_groups), decoded
+
+    def first_stage_codes(self, ac_tokens: torch.Tensor, num_groups: torch.Tensor):
+        """Stage-0 codes `[B, G]` at inference (`semantic_rvq`): SPD's predictions from the
+        acoustic tokens `[B, latent, G]` (0 past `num_groups`)."""
+        return self.spd.predict(ac_tokens, num_groups)
 
     def _check_encode_args(self, audio, audio_lens, num_quantizers, merging_threshold):
         if (
@@ -244,7 +311,10 @@ class FlexiCodec(nn.Module):
         sem = _mask_after(sem[..., :t_max], frames)
         ac = _mask_after(ac[..., :t_max], frames)
 
-        seg = self.merge(sem, frames, float(merging_threshold))
+        if self.fixed_window:
+            seg = self.window_segmentation(sem, frames, self.config.window)
+        else:
+            seg = self.merge(sem, frames, float(merging_threshold))
         sem_tokens, ac_tokens = self.aggregate(sem, ac, seg)
         semantic_codes, sem_decoded = self.quantize_semantic(sem_tokens, seg.num_groups)
 
@@ -252,7 +322,11 @@ class FlexiCodec(nn.Module):
         latent = sem_decoded
         if num_quantizers > 1:
             residual = ac_tokens - sem_decoded
-            quantized, codes, *_ = self.dac.quantizer(residual, num_quantizers - 1)
+            if self.config.acoustic_quantizer == "semantic_rvq":
+                first = self.first_stage_codes(ac_tokens, seg.num_groups)
+                quantized, codes, *_ = self.dac.quantizer(residual, first, num_quantizers - 1)
+            else:
+                quantized, codes, *_ = self.dac.quantizer(residual, num_quantizers - 1)
             acoustic_codes = _mask_after(codes, seg.num_groups)
             latent = quantized + sem_decoded
         return {
@@ -283,7 +357,7 @@ class FlexiCodec(nn.Module):
             raise InputError(
                 f"semantic_codes: expected B >= 1 and G >= 1, got {describe(semantic_codes)}"
             )
-        size = self.semantic_vq.fsq.codebook_size
+        size = self.semantic_codebook_size
         if int(semantic_codes.min()) < 0 or int(semantic_codes.max()) >= size:
             raise InputError(
                 f"semantic_codes: expected values in [0, {size}), got values in "
@@ -321,8 +395,21 @@ class FlexiCodec(nn.Module):
 
     def decode_latent(self, latent: torch.Tensor, token_lengths: torch.Tensor) -> torch.Tensor:
         """Token-rate latent `[B, latent, G]` -> audio `[B, 1, decoded_length(T_max)]`."""
-        expanded = expand_groups(latent.transpose(1, 2), token_lengths).transpose(1, 2)
-        return self._decode_frames(expanded, token_lengths.sum(dim=1))
+        return self._decode_frames(
+            self.expand_latent(latent, token_lengths), token_lengths.sum(dim=1)
+        )
+
+    def expand_latent(self, latent: torch.Tensor, token_lengths: torch.Tensor) -> torch.Tensor:
+        """Token-rate latent `[B, latent, G]` -> frames `[B, latent, T_max]`: repeated by
+        token lengths, or (fixed windows) the window-query decoder with the window read
+        from `token_lengths`."""
+        if not self.fixed_window:
+            return expand_groups(latent.transpose(1, 2), token_lengths).transpose(1, 2)
+        window = variants.window_of(token_lengths)
+        frames = token_lengths.sum(dim=1)
+        t_max = int(frames.max())
+        groups = -(-t_max // window)
+        return self.window_decoder(latent[..., :groups], t_max, window, frames)
 
     def _decode_frames(self, z: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         if self.bottleneck_transformer is not None:
@@ -342,10 +429,17 @@ class FlexiCodec(nn.Module):
         """
         self._check_codes(semantic_codes, acoustic_codes, token_lengths)
         token_lengths = token_lengths.long()
+        if self.fixed_window:
+            variants.window_of(token_lengths)  # refuse other layouts before any work
         groups = torch.arange(token_lengths.shape[1], device=token_lengths.device)
         num_groups = torch.where(token_lengths > 0, groups + 1, 0).amax(dim=1)
         semantic = self.semantic_vq.from_codes(semantic_codes.long())
-        sem_decoded = self._convnext(self.convnext_decoder, semantic, num_groups)
+        sem_decoded = self.decompress(semantic, num_groups)
+        if self.fixed_window:
+            latent = sem_decoded
+            if acoustic_codes is not None:
+                latent = latent + self.dac.quantizer.from_codes(acoustic_codes.long())
+            return self.decode_latent(latent, token_lengths)
         sem_expanded = expand_groups(sem_decoded.transpose(1, 2), token_lengths)
         if acoustic_codes is None:
             z = sem_expanded

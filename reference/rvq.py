@@ -109,8 +109,11 @@ class ResidualVectorQuantize(nn.Module):
         n[:n_dropout] = dropout[:n_dropout]
         return n
 
-    def forward(self, z: torch.Tensor, n_quantizers: int | None = None):
-        """Quantise `z` `[B, D, G]`.
+    def forward(
+        self, z: torch.Tensor, n_quantizers: int | None = None, stage_outputs: list | None = None
+    ):
+        """Quantise `z` `[B, D, G]`; `stage_outputs`, when a list, receives every stage's
+        output `[B, D, G]` (straight-through; the AR loss reads them).
 
         Returns `(z_q [B, D, G], codes [B, n, G] int64, latents [B, sum(d_k), G],
         commitment_loss [], codebook_loss [])`. In eval exactly `n_quantizers` stages run
@@ -124,13 +127,25 @@ class ResidualVectorQuantize(nn.Module):
         n_per_item = self._stages_per_item(batch, n_quantizers).to(z.device)
         n_run = self.n_codebooks if self.training else int(n_per_item[0])
         return self.run_stages(
-            z, n_per_item, n_run, lambda k, quantizer, residual: quantizer(residual)
+            z,
+            n_per_item,
+            n_run,
+            lambda k, quantizer, residual: quantizer(residual),
+            stage_outputs,
         )
 
-    def run_stages(self, z: torch.Tensor, n_per_item: torch.Tensor, n_run: int, stage):
+    def run_stages(
+        self,
+        z: torch.Tensor,
+        n_per_item: torch.Tensor,
+        n_run: int,
+        stage,
+        stage_outputs: list | None = None,
+    ):
         """The residual loop over the first `n_run` stages; `stage(k, quantizer, residual)`
         returns what `VectorQuantize.forward` returns (subclasses assign codes through it).
-        Stages at or past an item's `n_per_item` are left out of its `z_q` and losses."""
+        Stages at or past an item's `n_per_item` are left out of its `z_q` and losses; every
+        stage's output is appended to `stage_outputs` when it is a list."""
         z_q = 0
         residual = z
         commitment_loss = 0
@@ -138,6 +153,8 @@ class ResidualVectorQuantize(nn.Module):
         codes, latents = [], []
         for k, quantizer in enumerate(self.quantizers[:n_run]):
             z_q_k, commitment_k, codebook_k, codes_k, z_e_k = stage(k, quantizer, residual)
+            if stage_outputs is not None:
+                stage_outputs.append(z_q_k)
             keep = k < n_per_item
             z_q = z_q + z_q_k * keep[:, None, None]
             residual = residual - z_q_k

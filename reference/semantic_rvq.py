@@ -123,11 +123,15 @@ class SemanticResidualVectorQuantize(ResidualVectorQuantize):
     """
 
     def forward(
-        self, z: torch.Tensor, semantic_tokens: torch.Tensor, n_quantizers: int | None = None
+        self,
+        z: torch.Tensor,
+        semantic_tokens: torch.Tensor,
+        n_quantizers: int | None = None,
+        stage_outputs: list | None = None,
     ):
         """Quantise `z` `[B, D, G]` with stage 0's codes = `semantic_tokens` `[B, G]` (integers
         in `[0, codebook_size)`). Returns what `ResidualVectorQuantize.forward` returns; the
-        codes of stage 0 are the semantic tokens."""
+        codes of stage 0 are the semantic tokens. `stage_outputs`: as there."""
         if z.dim() != 3:
             raise InputError(f"z: expected a tensor [B, D, G], got {describe(z)}")
         tokens = semantic_tokens
@@ -155,7 +159,7 @@ class SemanticResidualVectorQuantize(ResidualVectorQuantize):
                 return assigned_stage(quantizer, residual, tokens.long())
             return quantizer(residual)
 
-        return self.run_stages(z, n_per_item, n_run, stage)
+        return self.run_stages(z, n_per_item, n_run, stage, stage_outputs)
 
 
 # ----------------------------------------------------------------------------- SPD

@@ -19,6 +19,15 @@ Randomness, in the order the official code draws it: the merging threshold
 (`random.uniform(lower, upper)`, Python `random`, once per batch), the front-end dither and
 the RVQ dropout (global torch CPU generator), the bypass decision (`random.random() < rate`).
 
+Related-codec options (`reference.variants`) add their terms to `losses` (0 when off):
+`entropy` (BSQ's entropy loss of the semantic quantizer input), `spd` (SPD's cross-entropy
+against the k-means tokens that stage 0 is assigned in training; the trainer applies the
+two-stage weight), `mae` and `ar` (fixed windows, with the heads of `attach_training_heads`:
+MAE masks 20-30 % of the acoustic encoder's input frames; AR predicts RVQ stage 2's output
+from stages 0 and 1). With `aggregator: fixed_window` the window is drawn per batch from the
+config's `windows` (global torch generator, before the dither) in place of the threshold,
+in either phase, and the window-query decoder replaces repeat-by-length.
+
 Two-phase recipe (spec §11.5): a model whose config has `use_similarity_alignment: false`
 trains at the fixed 12.5 Hz rate ("phase 1"): every frame is its own group, no aggregators,
 no bottleneck transformer, and the distillation target is the 12.5 Hz SenseVoice feature
@@ -39,6 +48,7 @@ from .errors import InputError, describe
 from .frontend import MIN_SAMPLES
 from .losses import MelLossSettings, MultiScaleMelLoss
 from .merging import Segmentation, expand_groups
+from .variants import semantic_token_features, semantic_tokens, window_query
 
 REPA_HIDDEN_FACTOR = 3
 
@@ -71,8 +81,11 @@ class TrainingOutputs:
     audio:  `[B, 1, L]` reconstruction, trimmed to `L = min(decoded length, N)`
     target: `[B, 1, L]` the input audio trimmed the same way
     losses: scalars `mel`, `commitment`, `codebook`, `distill` (already times
-            `lambda_distill_loss`) and `repa` (0 without a REPA head); unweighted otherwise
-    threshold: the merging threshold used (None at the fixed frame rate)
+            `lambda_distill_loss`) and `repa` (0 without a REPA head), `entropy`, `spd`,
+            `mae`, `ar` (0 when their option or head is off); unweighted otherwise
+    threshold: the merging threshold used (None at the fixed frame rate and with fixed
+            windows)
+    window: the fixed window of this batch (None unless `aggregator: fixed_window`)
     bypassed: whether the acoustic RVQ was skipped
     num_groups: `[B]` tokens per item; frames: 12.5 Hz frames per item
     """
@@ -84,6 +97,7 @@ class TrainingOutputs:
     bypassed: bool
     num_groups: torch.Tensor
     frames: int
+    window: int | None = None
 
 
 def attach_repa_head(model: nn.Module) -> nn.Module:
@@ -99,6 +113,36 @@ def attach_repa_head(model: nn.Module) -> nn.Module:
         nn.GELU(),
         nn.Linear(REPA_HIDDEN_FACTOR * dim, dim),
     ).to(next(model.parameters()).device)
+    return model
+
+
+def attach_training_heads(model: nn.Module, mae: bool, ar: bool) -> nn.Module:
+    """Give a fixed-window `model` the training-only heads of ALMTokenizer's auxiliary
+    losses: `mae_head` (`MAEHead`, when `mae`) and `ar_predictor` (`ContinuousARPredictor`,
+    when `ar`; needs 3 RVQ stages), one transformer layer at the aggregator's sizes. Like
+    the REPA head, inference ignores them and `prepare_model` skips their keys. Returns the
+    model."""
+    mc = model.config
+    if mc.aggregator != "fixed_window":
+        return model
+    wq = window_query()
+    sizes = (
+        mc.latent_dim,
+        mc.agg_transformer_dim,
+        mc.agg_transformer_num_heads,
+        1,
+        mc.agg_transformer_dim_feedforward,
+    )
+    device = next(model.parameters()).device
+    if mae and not hasattr(model, "mae_head"):
+        model.mae_head = wq.MAEHead(*sizes).to(device)
+    if ar and not hasattr(model, "ar_predictor"):
+        if mc.n_codebooks < 3:
+            raise InputError(
+                f"the AR loss predicts RVQ stage 2 from stages 0 and 1: it needs n_codebooks "
+                f">= 3, got {mc.n_codebooks}"
+            )
+        model.ar_predictor = wq.ContinuousARPredictor(*sizes).to(device)
     return model
 
 
@@ -171,8 +215,10 @@ def training_step_outputs(
     audio = audio.float()
     batch, num_samples = audio.shape
     mc = model.config
-    dynamic = bool(mc.use_similarity_alignment)
+    windowed = mc.aggregator == "fixed_window"
+    dynamic = bool(mc.use_similarity_alignment) and not windowed
     threshold = draw_threshold(model, cfg) if dynamic else None
+    window = window_query().sample_window(mc.windows) if windowed else None
 
     with torch.autocast(audio.device.type, enabled=False):
         features, feature_lens = model.frontend(audio, None, cfg.dither)
@@ -183,9 +229,21 @@ def training_step_outputs(
     ac = model.dac.encode_audio(audio.unsqueeze(1)).float()
     frames = min(sem.shape[-1], ac.shape[-1])
     sem, ac = sem[..., :frames], ac[..., :frames]
+    lengths = torch.full((batch,), frames, dtype=torch.long, device=audio.device)
+    zero = audio.new_zeros(())
 
-    if dynamic:
-        lengths = torch.full((batch,), frames, dtype=torch.long, device=audio.device)
+    mae = zero
+    if windowed:
+        seg = model.window_segmentation(sem, lengths, window)
+        sem_tokens, _ = model.semantic_aggregator(sem, window, lengths)
+        head = getattr(model, "mae_head", None)
+        mask = window_query().mae_mask(lengths, frames) if head is not None else None
+        ac_tokens, ac_frames = model.acoustic_aggregator(ac, window, lengths, mask)
+        if head is not None:
+            # The target is detached: the encoder must not shrink its own output to win.
+            mae = window_query().mae_loss(head(ac_frames, lengths), ac.detach(), mask)
+        distill_target = sem_tokens.detach()
+    elif dynamic:
         seg = model.merge(sem, lengths, threshold)
         sem_tokens, ac_tokens = model.aggregate(sem, ac, seg)
         # The training repository's target is the semantic aggregator applied (again) to the
@@ -197,23 +255,42 @@ def training_step_outputs(
         sem_tokens, ac_tokens = sem, ac
         distill_target = sem
 
-    _, sem_decoded = model.quantize_semantic(sem_tokens, seg.num_groups)
+    hidden = model.compress(sem_tokens, seg.num_groups)
+    quantized_sem, _ = model.semantic_vq(hidden)
+    sem_decoded = model.decompress(quantized_sem, seg.num_groups)
     distill = mc.lambda_distill_loss * F.mse_loss(sem_decoded, distill_target)
+    entropy = zero
+    if mc.semantic_quantizer == "bsq":
+        entropy = model.semantic_vq.entropy_loss(hidden, seg.num_groups)
+
+    rvq_args, spd = (), zero
+    if mc.acoustic_quantizer == "semantic_rvq":
+        tokens = semantic_tokens(semantic_token_features(sem, seg), model.semantic_vocab)
+        rvq_args = (tokens,)
+        spd = model.spd.loss(ac_tokens, tokens, seg.num_groups)
 
     bypassed = random.random() < cfg.bypass_quantize_rate
-    zero = audio.new_zeros(())
+    ar = zero
     if bypassed:
         latent, commitment, codebook = sem_decoded, zero, zero
     else:
-        quantized, _, _, commitment, codebook = model.dac.quantizer(ac_tokens - sem_decoded)
+        predictor = getattr(model, "ar_predictor", None)
+        stages = [] if predictor is not None else None
+        quantized, _, _, commitment, codebook = model.dac.quantizer(
+            ac_tokens - sem_decoded, *rvq_args, stage_outputs=stages
+        )
         latent = quantized + sem_decoded
+        if predictor is not None:
+            ar = predictor.loss(stages[:3], seg.num_groups)
 
-    if dynamic:
+    if windowed:
+        z = model.window_decoder(latent, frames, window, lengths)
+    elif dynamic:
         z = expand_groups(latent.transpose(1, 2), seg.token_lengths, frames).transpose(1, 2)
     else:
         z = latent
     repa = zero
-    if dynamic and model.bottleneck_transformer is not None:
+    if (dynamic or windowed) and model.bottleneck_transformer is not None:
         z = model.bottleneck_transformer(z)
         head = getattr(model, "repa_mlp", None)
         if head is not None:
@@ -235,11 +312,16 @@ def training_step_outputs(
             "codebook": codebook,
             "distill": distill,
             "repa": repa,
+            "entropy": entropy,
+            "spd": spd,
+            "mae": mae,
+            "ar": ar,
         },
         threshold=threshold,
         bypassed=bypassed,
         num_groups=seg.num_groups,
         frames=frames,
+        window=window,
     )
 
 

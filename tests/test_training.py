@@ -117,7 +117,13 @@ def test_training_forward_shapes_losses_and_gradients():
     length = min(1280 * frames - 16, audio.shape[1])
     assert out.audio.shape == out.target.shape == (2, 1, length)
     torch.testing.assert_close(out.target[:, 0], audio[:, :length])
-    assert set(out.losses) == {"mel", "commitment", "codebook", "distill", "repa"}
+    assert set(out.losses) == {"mel", "commitment", "codebook", "distill", "repa"} | {
+        "entropy",
+        "spd",
+        "mae",
+        "ar",
+    }
+    assert all(float(out.losses[k]) == 0.0 for k in ("entropy", "spd", "mae", "ar"))
     assert all(torch.isfinite(v) and v.dim() == 0 for v in out.losses.values())
     assert 1 <= int(out.num_groups.min()) and int(out.num_groups.max()) <= frames
 

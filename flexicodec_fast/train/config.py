@@ -9,6 +9,12 @@ Layout (every key optional except where noted; unknown keys are errors):
 
 `load_train_config("tiny")` reads a configuration shipped with the package,
 `load_train_config("path/to/run.yaml")` a file. Defaults are the recipe's (spec §11).
+
+A top-level `base: NAME_OR_PATH` (a shipped name, or a file path relative to the including
+file) reads that config first and lays this file's mappings over it, key by key (lists and
+values replace). The shipped `tiny_bsq`, `tiny_focal`, `tiny_semantic_rvq` and
+`tiny_fixed_window` are `tiny` with one related-codec option switched on
+(docs/related_codecs.md).
 """
 
 from __future__ import annotations
@@ -28,7 +34,15 @@ from ..reference.frontend import MIN_SAMPLES
 from ..reference.losses import MelLossSettings
 from ..reference.training import TrainingForwardConfig
 
-SHIPPED = ("tiny", "released")
+SHIPPED = (
+    "tiny",
+    "released",
+    "tiny_bsq",
+    "tiny_focal",
+    "tiny_semantic_rvq",
+    "tiny_fixed_window",
+)
+MAX_BASE_DEPTH = 8
 
 
 @dataclass
@@ -65,7 +79,11 @@ class OptimizerConfig:
 @dataclass
 class LossWeights:
     """Generator loss weights (spec §11.2); `distill` multiplies the distillation loss that
-    already includes the model's `lambda_distill_loss` (15)."""
+    already includes the model's `lambda_distill_loss` (15). The related-codec terms act
+    only when their model option is on: `entropy` (BSQ, `semantic_quantizer: bsq`), `spd`
+    (lambda of STACodec's SPD loss, from `spd_joint_from_step` on; `acoustic_quantizer:
+    semantic_rvq`), `mae` and `ar` (ALMTokenizer's auxiliary losses, `aggregator:
+    fixed_window`; a weight of 0 leaves the head out)."""
 
     commitment: float = 0.25
     codebook: float = 1.0
@@ -74,6 +92,23 @@ class LossWeights:
     mel: float = 15.0
     distill: float = 1.0
     repa: float = 1.0
+    entropy: float = 0.1
+    spd: float = 1.0
+    mae: float = 1.0
+    ar: float = 1.0
+
+
+@dataclass
+class SemanticVocabConfig:
+    """The k-means vocabulary of `acoustic_quantizer: semantic_rvq` (stage 0's codes), set
+    once at the start of a fresh run (resumed runs and fine-tuned checkpoints carry it):
+    `file`: a safetensors file whose `centroids` tensor `[codebook_size, 512]` is used as is;
+    otherwise `fit_kmeans` (`kmeans_iters` iterations, seeded by `training.seed`) on the
+    12.5 Hz SenseVoice features (no dither) of the first `fit_batches` batches of epoch 0."""
+
+    file: str | None = None
+    fit_batches: int = 8
+    kmeans_iters: int = 50
 
 
 @dataclass
@@ -112,7 +147,9 @@ class TrainingConfig:
     sensevoice_path: SenseVoiceSmall folder whose model.pt gives the frozen SenseVoice
     weights (else they stay random: fine for tests, not for real training);
     save_sensevoice: write the frozen SenseVoice into every checkpoint (makes it loadable
-    with `prepare_model` alone)."""
+    with `prepare_model` alone); spd_joint_from_step: STACodec's two-stage schedule, the SPD
+    loss weighs 0 before this step and `loss_weights.spd` from it on; semantic_vocab: how the
+    `semantic_rvq` vocabulary is made (`SemanticVocabConfig`)."""
 
     seed: int = 0
     phase: int | None = None
@@ -130,6 +167,8 @@ class TrainingConfig:
     repa: bool = True
     sensevoice_path: str | None = None
     save_sensevoice: bool = True
+    spd_joint_from_step: int = 0
+    semantic_vocab: SemanticVocabConfig = field(default_factory=SemanticVocabConfig)
     init_from: InitFrom | None = None
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -233,6 +272,27 @@ def _check(t: TrainingConfig, model: FlexiCodecConfig | None) -> None:
         fail("log_every", "an integer >= 1", t.log_every)
     if t.discriminator_start < 0:
         fail("discriminator_start", "an integer >= 0", t.discriminator_start)
+    if t.spd_joint_from_step < 0:
+        fail("spd_joint_from_step", "an integer >= 0", t.spd_joint_from_step)
+    if t.semantic_vocab.fit_batches < 1:
+        fail("semantic_vocab.fit_batches", "an integer >= 1", t.semantic_vocab.fit_batches)
+    if t.semantic_vocab.kmeans_iters < 1:
+        fail("semantic_vocab.kmeans_iters", "an integer >= 1", t.semantic_vocab.kmeans_iters)
+    for name in ("entropy", "spd", "mae", "ar"):
+        if getattr(t.loss_weights, name) < 0:
+            fail(f"loss_weights.{name}", "a number >= 0", getattr(t.loss_weights, name))
+    if (
+        model is not None
+        and model.aggregator == "fixed_window"
+        and t.loss_weights.ar > 0
+        and model.n_codebooks < 3
+    ):
+        fail(
+            "loss_weights.ar",
+            f"0 with n_codebooks = {model.n_codebooks} (the AR loss predicts RVQ stage 2 "
+            "from stages 0 and 1)",
+            t.loss_weights.ar,
+        )
     if not 0.0 <= t.bypass_quantize_rate <= 1.0:
         fail("bypass_quantize_rate", "a probability in [0, 1]", t.bypass_quantize_rate)
     if t.dither < 0:
@@ -303,14 +363,16 @@ def parse_train_config(data: dict) -> TrainConfig:
     return TrainConfig(model, sensevoice, training, data)
 
 
-def load_train_config(name_or_path: str | Path) -> TrainConfig:
-    """Read a training YAML: a file path, or the name of a shipped config (`tiny`,
-    `released`)."""
+def _read_yaml(name_or_path, relative_to: Path | None = None) -> tuple[dict, Path | None]:
+    """(mapping, folder of the file or None for a shipped config) of a config name/path."""
     path = Path(name_or_path)
+    if relative_to is not None and not path.is_absolute():
+        path = relative_to / path
     if path.is_file():
-        text = path.read_text()
+        text, folder = path.read_text(), path.parent
     elif str(name_or_path) in SHIPPED:
         text = (resources.files(__package__) / "configs" / f"{name_or_path}.yaml").read_text()
+        folder = None
     else:
         raise CheckpointError(
             f"--config: expected a YAML file or one of the shipped configs {list(SHIPPED)}, "
@@ -320,4 +382,33 @@ def load_train_config(name_or_path: str | Path) -> TrainConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise CheckpointError(f"--config: {str(name_or_path)!r} is not valid YAML: {e}") from e
-    return parse_train_config(data or {})
+    if data is not None and not isinstance(data, dict):
+        raise CheckpointError(f"config: expected a mapping at the top level, got {data!r}")
+    return data or {}, folder
+
+
+def _overlay(base: dict, over: dict) -> dict:
+    """`over` laid on `base`: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _overlay(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_train_config(name_or_path: str | Path) -> TrainConfig:
+    """Read a training YAML: a file path, or the name of a shipped config (`SHIPPED`),
+    following `base:` (module docstring)."""
+    data, folder = _read_yaml(name_or_path)
+    for _ in range(MAX_BASE_DEPTH):
+        if "base" not in data:
+            return parse_train_config(data)
+        data = dict(data)
+        base, base_folder = _read_yaml(data.pop("base"), folder)
+        data, folder = _overlay(base, data), base_folder
+    raise CheckpointError(
+        f"--config: more than {MAX_BASE_DEPTH} nested `base:` configs from "
+        f"{str(name_or_path)!r} (a cycle?)"
+    )

@@ -46,14 +46,20 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..loading import _sensevoice_files, prepare_model, resolve_device
-from ..reference.checkpoint import SENSEVOICE_PREFIX, build_from_state_dicts, read_state_dict
+from ..reference.checkpoint import (
+    SENSEVOICE_PREFIX,
+    TRAINING_HEADS,
+    build_from_state_dicts,
+    read_state_dict,
+)
 from ..reference.config import FlexiCodecConfig
 from ..reference.discriminators import Discriminator
 from ..reference.errors import CheckpointError, InputError
 from ..reference.losses import adversarial_loss, discriminator_loss, feature_matching_loss
 from ..reference.model import FlexiCodec
+from ..reference.semantic_rvq import fit_kmeans, spd_loss_weight
 from ..reference.sensevoice import SENSEVOICE_UNUSED_PREFIXES
-from ..reference.training import TrainingForward, attach_repa_head
+from ..reference.training import TrainingForward, attach_repa_head, attach_training_heads
 from ..reference.weight_norm import normalise_weight_norm_keys
 from .config import TrainConfig, check_trainable
 from .data import BucketBatches, CropDataset, collate, find_audio_files, scan_files
@@ -73,6 +79,10 @@ LOG_COLUMNS = (
     "codebook",
     "distill",
     "repa",
+    "entropy",
+    "spd",
+    "mae",
+    "ar",
     "adversarial",
     "feature_matching",
     "loss_d",
@@ -81,7 +91,7 @@ LOG_COLUMNS = (
     "seconds",
 )
 # Columns averaged over processes (the rest are process 0's).
-REDUCED_COLUMNS = LOG_COLUMNS[6:17]
+REDUCED_COLUMNS = LOG_COLUMNS[LOG_COLUMNS.index("loss_g") : LOG_COLUMNS.index("grad_norm_d") + 1]
 CHECKPOINT_PATTERN = re.compile(r"step_(\d{8})")
 
 
@@ -228,6 +238,7 @@ def build_initial_model(cfg: TrainConfig) -> FlexiCodec:
         if t.repa:
             attach_repa_head(model)
             _load_repa(model, init.checkpoint)
+        _attach_heads(model, cfg)
         return model
     _apply_phase(cfg.model, cfg)
     torch.manual_seed(t.seed)
@@ -242,9 +253,60 @@ def build_initial_model(cfg: TrainConfig) -> FlexiCodec:
         )
     if t.repa:
         attach_repa_head(model)
+    _attach_heads(model, cfg)
     if init is not None:
         _load_matching(model, init.checkpoint)
     return model
+
+
+def _attach_heads(model: FlexiCodec, cfg: TrainConfig) -> None:
+    w = cfg.training.loss_weights
+    attach_training_heads(model, mae=w.mae > 0, ar=w.ar > 0)
+
+
+def set_semantic_vocab(codec: FlexiCodec, cfg: TrainConfig, dataset, hop: int, device) -> None:
+    """Make the `semantic_rvq` k-means vocabulary (`SemanticVocabConfig`): read it from
+    `semantic_vocab.file`, or fit it on the SenseVoice features of the first batches (every
+    process sees the same batches, so replicas agree). No global random draws."""
+    v = cfg.training.semantic_vocab
+    k, dim = codec.semantic_vocab.shape
+    if v.file is not None:
+        state = read_state_dict(v.file, "training.semantic_vocab.file")
+        centroids = state.get("centroids")
+        if centroids is None or tuple(centroids.shape) != (k, dim):
+            raise CheckpointError(
+                f"training.semantic_vocab.file: expected a `centroids` tensor [{k}, {dim}] "
+                f"(k = codebook_size), got {None if centroids is None else list(centroids.shape)}"
+            )
+    else:
+        one_process = BucketBatches(
+            [f.num_samples for f in dataset.files],
+            cfg.training.data.batch_size,
+            cfg.training.data.crop_samples,
+            hop,
+            cfg.training.seed,
+        )
+        rows, epoch, taken = [], 0, 0
+        while taken < v.fit_batches:
+            for items in one_process.epoch(epoch)[: v.fit_batches - taken]:
+                audio = collate([dataset[item] for item in items]).to(device)
+                with torch.no_grad():
+                    feats, feat_lens = codec.frontend(audio, None, 0.0)
+                    sem, lens = codec.semantic_features(feats, feat_lens)
+                valid = torch.arange(sem.shape[-1], device=device) < lens.view(-1, 1)
+                rows.append(sem.transpose(1, 2)[valid].cpu())
+                taken += 1
+            epoch += 1
+        features = torch.cat(rows)
+        if features.shape[0] < k:
+            raise InputError(
+                f"training.semantic_vocab.fit_batches: {v.fit_batches} batches give "
+                f"{features.shape[0]} SenseVoice frames, fewer than the {k} clusters "
+                "(codebook_size); raise fit_batches"
+            )
+        centroids = fit_kmeans(features, k, v.kmeans_iters, cfg.training.seed)
+        log.info("semantic vocabulary: k-means (k = %d) on %d frames", k, features.shape[0])
+    codec.semantic_vocab.copy_(centroids.to(codec.semantic_vocab))
 
 
 def _load_repa(model: nn.Module, path) -> None:
@@ -278,14 +340,19 @@ def _model_from_checkpoint(folder: Path, cfg: TrainConfig) -> FlexiCodec:
                 "training.sensevoice_path"
             )
         sv_state, sv_config, cmvn = _sensevoice_weights(source)
-    extra = {k: v for k, v in state.items() if k.startswith("repa_mlp.")}
     kwargs = {} if cmvn is None else {"cmvn_path": cmvn}
     model, _ = build_from_state_dicts(
         config, state, sv_state, sv_config or cfg.sensevoice, **kwargs
     )
-    if extra:
+    if any(k.startswith("repa_mlp.") for k in state):
         attach_repa_head(model)
-        model.repa_mlp.load_state_dict({k[len("repa_mlp.") :]: v for k, v in extra.items()})
+    attach_training_heads(
+        model,
+        mae=any(k.startswith("mae_head.") for k in state),
+        ar=any(k.startswith("ar_predictor.") for k in state),
+    )
+    heads = {k: v for k, v in state.items() if k.startswith(TRAINING_HEADS)}
+    model.load_state_dict({**model.state_dict(), **heads})
     return model
 
 
@@ -452,6 +519,9 @@ class Trainer:
                 self.device,
             )
 
+        vocab = getattr(self.codec, "semantic_vocab", None)
+        if resume_from is None and vocab is not None and not bool(vocab.any()):
+            set_semantic_vocab(self.codec, cfg, self.dataset, self.codec.hop_length, self.device)
         random.seed(self.t.seed + self.procs.rank)
         np.random.seed(self.t.seed + self.procs.rank)
         torch.manual_seed(self.t.seed + self.procs.rank)
@@ -640,6 +710,10 @@ class Trainer:
             "repa": w.repa,
             "adversarial": w.adversarial,
             "feature_matching": w.feature_matching,
+            "entropy": w.entropy,
+            "spd": spd_loss_weight(self.step, self.t.spd_joint_from_step, w.spd),
+            "mae": w.mae,
+            "ar": w.ar,
         }
         loss_g = sum(weights[k] * terms[k] for k in weights)
         lr = self.opt_g.param_groups[0]["lr"]
