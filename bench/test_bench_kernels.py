@@ -14,6 +14,9 @@ Ops and the shapes they run at (G groups; "floor bytes" = inputs read once + liv
 written once, the GB/s basis):
   merge       similarity, boundaries, ids, token lengths, means of two `[B, T, D]` streams
   interleave  aggregator input `[B, T + G, D]` from frames + queries, and query retrieval
+              (every provider goes from channels-first frames to the transformer's rows and
+              back; the official's layout changes happen in its transformer, so its
+              baseline does them explicitly)
   unmerge     two `[B, G, D]` token streams -> `[B, T, D]` frames
   snake       `[B, D, 2T]`: the DAC encoder's 512-channel residual units run at 25 Hz
   fsq         `[B, G, 768]` (FSQ's project-in, bound, round, index, dequant, project-out)
@@ -196,7 +199,12 @@ def test_interleave(benchmark, runner, frames, provider):
 
         def fn():
             seq, order = baselines.official_interleave(ac, queries, lengths, merged.num_groups)
-            return baselines.official_retrieve(seq, order, t, merged.num_groups)
+            # The official transformer reads its conv-layout input as [B, L, D] rows (its
+            # first LayerNorm makes them contiguous) and hands back [B, L, D] rows, viewed
+            # as [B, D, L] for the query gather: the same layout changes the other
+            # providers make inside interleave and retrieve.
+            rows = seq.transpose(1, 2).contiguous()
+            return baselines.official_retrieve(rows.transpose(1, 2), order, t, merged.num_groups)
     elif provider == "reference":
         x = ac.transpose(1, 2)
 

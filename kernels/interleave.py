@@ -218,61 +218,65 @@ def _query_positions(group_ids: torch.Tensor, groups: int):
     return live, frame_pos, end
 
 
-def _rows(group_ids: torch.Tensor, groups: int, length: int):
-    """Flat row numbers in a `[B * length, D]` view: `(live frames' rows, their flat frame
-    index, group-ending frames' query rows, their flat `(b, g)` index)`."""
-    batch, frames = group_ids.shape
-    live, frame_pos, end = _query_positions(group_ids, groups)
-    item = torch.arange(batch, device=group_ids.device).view(-1, 1)
-    frame_rows = (item * length + frame_pos)[live]
-    frame_index = (item * frames + torch.arange(frames, device=group_ids.device))[live]
-    query_rows = (item * length + frame_pos + 1)[end]
-    query_index = (item * groups + group_ids)[end]
-    return frame_rows, frame_index, query_rows, query_index
-
-
 def interleave_torch(x, means, embedding, group_ids, num_groups) -> torch.Tensor:
     """Torch path of `interleave` (x None: zero frames; embedding None: none added).
 
-    Whole rows are copied with `index_copy_` into a zeroed `[B * (T + G), D]` view: each live
-    frame to `t + gid[t]`, each group's query right after its last frame. Positions from
-    `len + num_groups` on are never written and stay zero.
+    Every row of `[B * (T + G), D]` is written once: all frames in one `index_copy_` from
+    the `[B * T, D]` row view of x (so x is read once, and a channels-first x is transposed
+    on that read only), the queries in a second, zeros on the tail. Frames past an item's
+    length go to one scratch row past the end, which keeps the source a plain view. Nothing
+    is zero-filled beforehand: on CPU that pass, and a fresh page-faulted buffer per copy,
+    cost more than the copies themselves at small T.
     """
     batch, frames = group_ids.shape
     groups, dim = means.shape[1:]
     length = frames + groups
-    frame_rows, frame_index, query_rows, query_index = _rows(group_ids, groups, length)
-    queries = means.float()
-    if embedding is not None:
-        queries = queries + embedding.float()
-    out = means.new_zeros(batch * length, dim)
+    live, frame_pos, end = _query_positions(group_ids, groups)
+    item = torch.arange(batch, device=group_ids.device).view(-1, 1)
+    scratch = batch * length
+    buffer = means.new_empty(scratch + 1, dim)
+    out = buffer[:scratch]
+    if x is None:
+        out.zero_()
+    else:
+        frame_rows = torch.where(live, item * length + frame_pos, scratch).view(-1)
+        buffer.index_copy_(0, frame_rows, x.reshape(batch * frames, dim).to(means.dtype))
+        position = torch.arange(length, device=group_ids.device)
+        filled = live.sum(dim=1, keepdim=True) + num_groups.view(-1, 1)
+        out.index_fill_(0, (item * length + position)[position >= filled], 0)
+    query_rows = (item * length + frame_pos + 1)[end]
+    query_index = (item * groups + group_ids)[end]
+    queries = means if embedding is None else means.float() + embedding.float()
     out.index_copy_(
         0, query_rows, queries.reshape(-1, dim).index_select(0, query_index).to(means.dtype)
     )
-    if x is not None:
-        out.index_copy_(
-            0, frame_rows, x.reshape(-1, dim).index_select(0, frame_index).to(means.dtype)
-        )
     return out.view(batch, length, dim)
 
 
 def deinterleave_torch(y, group_ids, num_groups, with_frames: bool):
     """Torch path of the gather: `(frames [B,T,D] or None, queries [B,G,D])`, whole rows
-    read with `index_select` and written with `index_copy_` (zero elsewhere)."""
+    read with `index_select`; frames past an item's length and queries past its groups
+    are 0."""
     batch, frames = group_ids.shape
     dim = y.shape[-1]
-    groups = y.shape[1] - frames
-    frame_rows, frame_index, query_rows, query_index = _rows(group_ids, groups, y.shape[1])
+    length = y.shape[1]
+    groups = length - frames
+    live, frame_pos, end = _query_positions(group_ids, groups)
+    item = torch.arange(batch, device=group_ids.device).view(-1, 1)
     flat = y.reshape(-1, dim)
+    # Each group's query row, written at its last frame; a group that has no frames (past
+    # the item) keeps row 0 and is zeroed below.
+    slot = torch.where(end, group_ids, groups)
+    rows = torch.zeros(batch, groups + 1, dtype=torch.long, device=y.device)
+    rows.scatter_(1, slot, item * length + frame_pos + 1)
+    q = flat.index_select(0, rows[:, :groups].reshape(-1))
+    g = torch.arange(groups, device=y.device)
+    q.index_fill_(0, (item * groups + g)[g >= num_groups.view(-1, 1)], 0)
     xg = None
     if with_frames:
-        xg = y.new_zeros(batch * frames, dim).index_copy_(
-            0, frame_index, flat.index_select(0, frame_rows)
-        )
+        xg = flat.index_select(0, (item * length + frame_pos).view(-1))
+        xg.index_fill_(0, (item * frames + torch.arange(frames, device=y.device))[~live], 0)
         xg = xg.view(batch, frames, dim)
-    q = y.new_zeros(batch * groups, dim).index_copy_(
-        0, query_index, flat.index_select(0, query_rows)
-    )
     return xg, q.view(batch, groups, dim)
 
 

@@ -388,14 +388,29 @@ def segment_torch(
 def group_means_torch(
     x: torch.Tensor, group_ids: torch.Tensor, token_lengths: torch.Tensor
 ) -> torch.Tensor:
-    """Torch path of the means: the reference's `scatter_add_` (frames added in order), in
-    fp32, divided by the clamped count. Returns `[B, G, D]` with G = token_lengths rows."""
-    batch, _, dim = x.shape
-    valid = (group_ids >= 0).unsqueeze(-1)
-    index = group_ids.clamp(min=0).unsqueeze(-1).expand(-1, -1, dim)
-    sums = torch.zeros(batch, token_lengths.shape[1], dim, dtype=torch.float32, device=x.device)
-    sums.scatter_add_(1, index, torch.where(valid, x.float(), 0.0))
-    return (sums / token_lengths.clamp(min=1).unsqueeze(-1).float()).to(x.dtype)
+    """Torch path of the means: the reference's `scatter_add_` (frames added one by one, in
+    frame order), in fp32, divided by the clamped count. Returns `[B, G, D]` contiguous
+    with G = token_lengths rows.
+
+    The scatter runs along x's unit-stride dimension: for a channels-first x (a transposed
+    `[B, D, T]`, as the encoders produce it) along time within each channel row, which
+    reads x once, contiguously, and adds in the same order. Frames past an item's length
+    go to a scratch group that is dropped, so x is never copied to mask them.
+    """
+    batch, frames, dim = x.shape
+    groups = token_lengths.shape[1]
+    index = torch.where(group_ids >= 0, group_ids, groups)
+    if x.stride(1) == 1 and dim > 1:
+        sums = x.new_zeros(batch, dim, groups + 1, dtype=torch.float32)
+        sums.scatter_add_(2, index.unsqueeze(1).expand(-1, dim, -1), x.transpose(1, 2).float())
+        sums = sums[..., :groups].transpose(1, 2)
+    else:
+        sums = x.new_zeros(batch, groups + 1, dim, dtype=torch.float32)
+        sums.scatter_add_(1, index.unsqueeze(-1).expand(-1, -1, dim), x.float())
+        sums = sums[:, :groups]
+    means = torch.empty(batch, groups, dim, dtype=torch.float32, device=x.device)
+    torch.div(sums, token_lengths.clamp(min=1).unsqueeze(-1).float(), out=means)
+    return means.to(x.dtype)
 
 
 def group_means_backward_torch(
