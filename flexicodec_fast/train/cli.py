@@ -20,7 +20,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         required=True,
-        help="training YAML file, or a shipped config name: tiny (CI-sized), released",
+        help="training YAML file, or a shipped config name: tiny (CI-sized), released, "
+        "tiny_bsq, tiny_focal, tiny_semantic_rvq, tiny_fixed_window",
     )
     p.add_argument(
         "--data",
