@@ -12,8 +12,9 @@ Related-codec options (docs/related_codecs.md): `semantic_quantizer: bsq` runs t
 PyTorch: depth-wise convolutions and GEMMs); `acoustic_quantizer: semantic_rvq` assigns the
 SPD's predictions as stage 0 of the fused RVQ (`rvq_encode(first_codes=...)`), decoding is
 the plain RVQ decode. `aggregator: fixed_window` is not fused yet: `fast_encode` /
-`fast_decode` run the reference model's `encode` / `decode` for it (in fp32 whatever
-`precision` says; `target_frame_rate` does not apply to fixed windows and is an error).
+`fast_decode` run the reference model's `encode` / `decode` for it, in fp32 (asking for
+bf16 is an error rather than a silent fp32 run; `target_frame_rate` does not apply to fixed
+windows and is an error too).
 """
 
 from __future__ import annotations
@@ -343,6 +344,7 @@ def fast_encode(
             f"got {describe(target_frame_rate)}"
         )
     if model.fixed_window:
+        _refuse_bf16_fixed_window(precision)
         if target_frame_rate is not None:
             raise InputError(
                 "target_frame_rate: a fixed-window model (aggregator: fixed_window) has a "
@@ -361,6 +363,14 @@ def fast_encode(
             merging_threshold,
             target_frame_rate,
             dither,
+        )
+
+
+def _refuse_bf16_fixed_window(precision: str) -> None:
+    if precision != "fp32":
+        raise InputError(
+            f"precision: a fixed-window model (aggregator: fixed_window) runs the fp32 "
+            f"reference path, so only 'fp32' is available; got {precision!r}"
         )
 
 
@@ -508,6 +518,7 @@ def fast_decode(
     if acoustic_codes is not None:
         acoustic_codes = acoustic_codes.to(device)
     if model.fixed_window:
+        _refuse_bf16_fixed_window(precision)
         with torch.inference_mode():
             return model.decode(semantic_codes, acoustic_codes, token_lengths)
     fast = FastCodec.for_model(model, backend, precision)

@@ -264,6 +264,12 @@ def test_fixed_window_tokens_and_decode_rules():
         model.decode(enc["semantic_codes"], enc["acoustic_codes"], bad)
     with pytest.raises(InputError, match="target_frame_rate"):
         ff.fast_encode(audio, model, num_quantizers=2, audio_lens=lens, target_frame_rate=6.0)
+    # No silent precision switch: bf16 is refused where only the fp32 reference path runs.
+    with pytest.raises(InputError, match="precision"):
+        ff.fast_encode(audio, model, num_quantizers=2, audio_lens=lens, precision="bf16")
+    codes = (enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
+    with pytest.raises(InputError, match="precision"):
+        ff.fast_decode(model, *codes, precision="bf16")
 
 
 @pytest.mark.parametrize(
