@@ -375,6 +375,23 @@ def test_batches_are_bucketed_deterministic_and_split_across_processes():
 # ----------------------------------------------------------------------------- config
 
 
+def test_builtin_recipe_configs_parse_and_continue_each_other():
+    """The committed recipe of the built-in model (docs/builtin_model.md) stays loadable, and
+    its phases share one architecture (each initialises from the previous one's weights)."""
+    phases = [
+        load_train_config(REPO / "scripts" / "builtin" / f"{n}.yaml")
+        for n in ("phase1", "phase2", "phase2b")
+    ]
+    assert [p.training.phase for p in phases] == [1, 2, 2]
+    assert phases[2].training.discriminator_start > phases[2].training.max_steps
+    bundled = yaml.safe_load(
+        (REPO / "flexicodec_fast" / "assets" / "builtin" / "config.yaml").read_text()
+    )["model"]
+    for p in phases:
+        model = {k: v for k, v in vars(p.model).items() if k != "use_similarity_alignment"}
+        assert all(bundled.get(k, v) == v for k, v in model.items()), p.source["model"]
+
+
 def test_shipped_configs_and_config_errors(tmp_path):
     released = load_train_config("released")
     t = released.training
