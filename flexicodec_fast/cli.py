@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-JSON_METADATA = ("thresholds", "audio_lengths", "sources", "sample_rate")
+JSON_METADATA = ("thresholds", "audio_lengths", "sources", "sample_rate", "attention_window")
 DEMO_CLIP = Path(__file__).resolve().parent / "assets" / "demo.wav"
 
 
@@ -53,9 +53,11 @@ def cmd_demo(args) -> int:
     seconds = audio.shape[-1] / 16000
     nq = min(args.num_quantizers, model.max_num_quantizers)
     start = time.perf_counter()
-    enc = fast_encode(audio, model, num_quantizers=nq, merging_threshold=args.threshold)
+    options = dict(precision=args.precision, attention_window=args.attention_window)
+    enc = fast_encode(audio, model, num_quantizers=nq, merging_threshold=args.threshold, **options)
     encoded = time.perf_counter()
-    decoded = fast_decode(model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
+    codes = (enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
+    decoded = fast_decode(model, *codes, **options)
     done = time.perf_counter()
     frames = int(enc["token_lengths"].sum())
     tokens = int(enc["total_frames"][0])
@@ -65,6 +67,12 @@ def cmd_demo(args) -> int:
     print(f"input: {args.audio} ({seconds:.2f} s)")
     print(f"12.5 Hz frames: {frames}; tokens after merging (threshold {args.threshold}): {tokens}")
     print(f"average frame rate: {tokens / frames * 12.5:.2f} Hz; quantizers: {nq}")
+    mode = (
+        "exact attention"
+        if args.attention_window is None
+        else (f"approximate attention window {args.attention_window:g} s")
+    )
+    print(f"precision {args.precision}, {mode}")
     print(f"encode {encoded - start:.3f} s, decode {done - encoded:.3f} s")
     print(f"decoded audio: {out_wav}")
     return 0
@@ -94,6 +102,7 @@ def cmd_encode(args) -> int:
         target_frame_rate=args.target_frame_rate,
         precision=args.precision,
         mix_down=args.mix_down,
+        attention_window=args.attention_window,
         progress=not args.quiet,
     )
     return _print_report(report, "encode")
@@ -109,6 +118,7 @@ def cmd_decode(args) -> int:
         args.out,
         precision=args.precision,
         allow_other_model=args.allow_other_model,
+        attention_window=args.attention_window,
         progress=not args.quiet,
     )
     return _print_report(report, "decode")
@@ -148,6 +158,13 @@ def _model_options(p):
     p.add_argument("--sensevoice", type=Path, help="SenseVoiceSmall folder (model.pt, am.mvn)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument(
+        "--attention-window",
+        type=float,
+        metavar="SECONDS",
+        help="approximate long-audio mode: attention reaches this far each side (linear time; "
+        "codes differ from exact attention; see docs/long_audio.md)",
+    )
 
 
 def main(argv=None) -> int:

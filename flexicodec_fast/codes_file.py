@@ -4,7 +4,9 @@ Tensors: `semantic_codes [B, 1, G]` int32, `acoustic_codes [B, K, G]` int64 (abs
 only the semantic quantizer was used), `token_lengths [B, G]` int64, `total_frames [B]`.
 Metadata (strings): `format`, `format_version`, `model_fingerprint`, `sample_rate`,
 `num_quantizers`, `thresholds` (JSON list, one per item), `audio_lengths` (JSON list of
-input samples at 16 kHz), `sources` (JSON list), `package_version`.
+input samples at 16 kHz), `sources` (JSON list), `package_version`, and
+`attention_window` (JSON: seconds, or null for exact attention; absent in files written
+before it existed).
 
 Loading validates everything a decoder relies on: shapes agree, dtypes are integers, every
 code is inside its codebook (an out-of-range index is a clear error here, never a device-side
@@ -88,6 +90,7 @@ def make_metadata(
     thresholds: list[float],
     audio_lengths: list[int],
     sources: list[str],
+    attention_window: float | None = None,
 ) -> dict:
     return {
         "format": FORMAT,
@@ -99,6 +102,7 @@ def make_metadata(
         "audio_lengths": json.dumps([int(n) for n in audio_lengths]),
         "sources": json.dumps([str(s) for s in sources]),
         "package_version": __version__,
+        "attention_window": json.dumps(attention_window),
     }
 
 

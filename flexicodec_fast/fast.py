@@ -13,12 +13,18 @@ PyTorch: depth-wise convolutions and GEMMs); `acoustic_quantizer: semantic_rvq` 
 SPD's predictions as stage 0 of the fused RVQ (`rvq_encode(first_codes=...)`), decoding is
 the plain RVQ decode. `aggregator: fixed_window` is not fused yet: `fast_encode` /
 `fast_decode` run the reference model's `encode` / `decode` for it, in fp32 (asking for
-bf16 is an error rather than a silent fp32 run; `target_frame_rate` does not apply to fixed
-windows and is an error too).
+bf16 or an `attention_window` is an error rather than a silent exact fp32 run;
+`target_frame_rate` does not apply to fixed windows and is an error too).
+
+Approximate long-audio mode (`attention_window=` seconds, opt-in): every attention
+(SenseVoice, the aggregators, the bottleneck transformer) reaches only that far on each side,
+so time grows linearly with the clip instead of quadratically. Codes and audio then differ
+from the exact model's; docs/long_audio.md gives the measured differences.
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -144,8 +150,9 @@ class FastCodec:
 
     # ------------------------------------------------------------------------- pieces
 
-    def aggregate(self, which: int, frames, means, merged, groups: int) -> torch.Tensor:
-        """Group tokens `[B, G, C]` of one stream (frames `[B, T, C]`)."""
+    def aggregate(self, which: int, frames, means, merged, groups: int, window=None):
+        """Group tokens `[B, G, C]` of one stream (frames `[B, T, C]`); `window`: the
+        approximate mode's positions each side (None: the model's own attention)."""
         if self.aggregators is None:
             return means[:, :groups]
         transformer, embedding = self.aggregators[which]
@@ -159,7 +166,7 @@ class FastCodec:
             backend=self.backend,
         )
         with self.heavy():
-            out = transformer(sequence, merged.lengths + merged.num_groups).float()
+            out = transformer(sequence, merged.lengths + merged.num_groups, window).float()
         return kinterleave.retrieve(out, merged.group_ids, merged.num_groups, backend=self.backend)
 
     def quantize_semantic(self, tokens: torch.Tensor, num_groups: torch.Tensor):
@@ -319,6 +326,7 @@ def fast_encode(
     target_frame_rate: float | None = None,
     dither: float = 0.0,
     mix_down: bool = False,
+    attention_window: float | None = None,
 ) -> dict:
     """Encode audio `[B, N]` at `sample_rate`; the same arguments and outputs as the official
     `encode_flexicodec` (see `FlexiCodec.encode` for the keys), plus:
@@ -330,9 +338,12 @@ def fast_encode(
         `merging_threshold`; the chosen values are returned as `thresholds` `[B]`.
     dither: front-end dither (0: deterministic; 1.0: the official random behaviour).
     mix_down: average the channels of `[B, C, N]` input (else multi-channel is an error).
+    attention_window: seconds; approximate mode: each attention sees only this far on each
+        side (linear time for long audio; codes differ from the exact model's). None: exact.
     """
     model = _resolve_model(model)
     _check_options(backend, precision)
+    windows = attention_windows(attention_window)
     device = next(model.parameters()).device
     audio, audio_lens = prepare_audio(audio, audio_lens, sample_rate, mix_down, device)
     model._check_encode_args(audio, audio_lens, num_quantizers, merging_threshold)
@@ -344,7 +355,7 @@ def fast_encode(
             f"got {describe(target_frame_rate)}"
         )
     if model.fixed_window:
-        _refuse_bf16_fixed_window(precision)
+        _reference_only(precision, windows)
         if target_frame_rate is not None:
             raise InputError(
                 "target_frame_rate: a fixed-window model (aggregator: fixed_window) has a "
@@ -363,23 +374,64 @@ def fast_encode(
             merging_threshold,
             target_frame_rate,
             dither,
+            windows,
         )
 
 
-def _refuse_bf16_fixed_window(precision: str) -> None:
+def _reference_only(precision: str, windows) -> None:
+    """Options a fixed-window model (run by the reference) cannot honour are errors."""
     if precision != "fp32":
         raise InputError(
             f"precision: a fixed-window model (aggregator: fixed_window) runs the fp32 "
             f"reference path, so only 'fp32' is available; got {precision!r}"
         )
+    if windows is not None:
+        raise InputError(
+            "attention_window: a fixed-window model (aggregator: fixed_window) runs the exact "
+            "reference path; leave it None"
+        )
 
 
-def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_frame_rate, dither):
+@dataclass(frozen=True)
+class AttentionWindows:
+    """Positions each side that each attention reaches in the approximate mode: SenseVoice
+    runs at 1000/60 rows a second, the aggregators' interleaved frames + queries at most 25,
+    the bottleneck transformer at 12.5."""
+
+    sensevoice: int
+    aggregator: int
+    bottleneck: int
+
+
+def attention_windows(seconds) -> AttentionWindows | None:
+    """`attention_window` seconds -> per-attention windows (None: exact attention)."""
+    if seconds is None:
+        return None
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds <= 0
+    ):
+        raise InputError(
+            f"attention_window: expected a positive number of seconds or None, "
+            f"got {describe(seconds)}"
+        )
+    return AttentionWindows(
+        math.ceil(seconds * 1000 / 60), math.ceil(seconds * 25), math.ceil(seconds * 12.5)
+    )
+
+
+def _encode(
+    model, fast, audio, audio_lens, num_quantizers, threshold, target_frame_rate, dither, windows
+):
     cfg = model.config
     batch = audio.shape[0]
     features, feature_lens = _features(model.frontend, audio, audio_lens, dither)
     with fast.heavy():
-        hidden = fast.sensevoice(features, feature_lens).float()
+        hidden = fast.sensevoice(
+            features, feature_lens, None if windows is None else windows.sensevoice
+        ).float()
     sem, sem_lens = downsample_semantic(
         hidden.transpose(1, 2).contiguous(), feature_lens, cfg.semantic_downsample_factor
     )
@@ -416,8 +468,9 @@ def _encode(model, fast, audio, audio_lens, num_quantizers, threshold, target_fr
     merged = _merge(fast, sem_t, ac_t, frames, threshold, cfg.max_tokens_per_group)
     groups = int(merged.num_groups.max())
 
-    sem_tokens = fast.aggregate(0, sem_t, merged.means[0], merged, groups)
-    ac_tokens = fast.aggregate(1, ac_t, merged.means[1], merged, groups)
+    window = None if windows is None else windows.aggregator
+    sem_tokens = fast.aggregate(0, sem_t, merged.means[0], merged, groups, window)
+    ac_tokens = fast.aggregate(1, ac_t, merged.means[1], merged, groups, window)
     semantic_codes, sem_decoded = fast.quantize_semantic(sem_tokens.float(), merged.num_groups)
     acoustic_codes = None
     latent = sem_decoded
@@ -507,18 +560,21 @@ def fast_decode(
     *,
     backend: str = "auto",
     precision: str = "fp32",
+    attention_window: float | None = None,
 ) -> torch.Tensor:
     """Codes -> audio `[B, 1, decoded_length(T_max)]`; the same arguments and output as the
-    official `decode_from_codes`. Item b's audio past its `decoded_length(T_b)` is zero."""
+    official `decode_from_codes`. Item b's audio past its `decoded_length(T_b)` is zero.
+    attention_window: seconds; approximate mode for long audio (see `fast_encode`)."""
     model = _resolve_model(model)
     _check_options(backend, precision)
+    windows = attention_windows(attention_window)
     model._check_codes(semantic_codes, acoustic_codes, token_lengths)
     device = next(model.parameters()).device
     semantic_codes, token_lengths = semantic_codes.to(device), token_lengths.to(device).long()
     if acoustic_codes is not None:
         acoustic_codes = acoustic_codes.to(device)
     if model.fixed_window:
-        _refuse_bf16_fixed_window(precision)
+        _reference_only(precision, windows)
         with torch.inference_mode():
             return model.decode(semantic_codes, acoustic_codes, token_lengths)
     fast = FastCodec.for_model(model, backend, precision)
@@ -536,5 +592,6 @@ def fast_decode(
         )
         if fast.bottleneck is not None:
             with fast.heavy():
-                z = fast.bottleneck(z, frames).float()
+                window = None if windows is None else windows.bottleneck
+                z = fast.bottleneck(z, frames, window).float()
         return fast.decoder(z.transpose(1, 2).float(), frames).float()

@@ -4,6 +4,11 @@ Each executor is built once from a reference module and reads its parameters (no
 it runs the same arithmetic through fused ops: the RoPE attention kernel (`kernels.attention`)
 for the mimi transformers, scaled-dot-product attention for SenseVoice, in-place residual
 updates. Inputs and outputs are channels-last `[B, L, C]`.
+
+Both take an optional `window` (positions each side) at call time: the approximate
+long-audio mode of `fast_encode` / `fast_decode` (`attention_window=`), which narrows every
+attention to a band so that time grows linearly with the length. A window that covers the
+whole sequence changes nothing (the exact path runs).
 """
 
 from __future__ import annotations
@@ -35,9 +40,26 @@ class FastTransformer:
             context=pattern.context if pattern.causal else None,
         )
 
-    def __call__(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """x `[B, L, C_io]`; lengths `[B]` int64 (None: all L). Rows past a length are 0."""
+    def _band(self, length: int, window: int | None) -> dict:
+        """Attention arguments with `window` imposed on the module's own pattern."""
+        args = dict(self.attention_args)
+        if window is None or window >= length - 1:
+            return args
+        if args["causal"]:
+            context = args["context"]
+            args["context"] = window + 1 if context is None else min(context, window + 1)
+        else:
+            own = args["window"]
+            args["window"] = window if own is None else min(own, window)
+        return args
+
+    def __call__(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None, window: int | None = None
+    ) -> torch.Tensor:
+        """x `[B, L, C_io]`; lengths `[B]` int64 (None: all L). Rows past a length are 0.
+        window: at most this many positions each side (approximate mode)."""
         module = self.module
+        attention_args = self._band(x.shape[1], window)
         if lengths is not None and bool((lengths >= x.shape[1]).all()):
             lengths = None
         if module.input_proj is not None:
@@ -48,7 +70,7 @@ class FastTransformer:
             q, k, v = rearrange(
                 F.linear(h, attn.in_proj_weight), "b l (p h d) -> p b h l d", p=3, h=attn.num_heads
             )
-            a = attention(q, k, v, lengths, backend=self.backend, **self.attention_args)
+            a = attention(q, k, v, lengths, backend=self.backend, **attention_args)
             update = F.linear(a, attn.out_proj.weight).mul_(layer.layer_scale_1.scale)
             x = x + update
             h = F.gelu(F.linear(layer.norm2(x), layer.linear1.weight))
@@ -66,21 +88,30 @@ class FastSenseVoice:
     def __init__(self, module: SenseVoiceEncoder):
         self.module = module
 
-    def _attention(self, block, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _attention(self, block, x, mask, window) -> torch.Tensor:
         sanm = block.self_attn
         q, k, v = sanm.linear_q_k_v(x).chunk(3, dim=-1)
         memory = sanm.fsmn(v, mask)
         q, k, vh = (rearrange(t, "b l (h d) -> b h l d", h=sanm.heads) for t in (q, k, v))
-        keys = None if mask is None else (mask[:, None, None, :] > 0)
-        a = F.scaled_dot_product_attention(q, k, vh, keys)
+        if window is None:
+            keys = None if mask is None else (mask[:, None, None, :] > 0)
+            a = F.scaled_dot_product_attention(q, k, vh, keys)
+        else:
+            a = banded_attention(q, k, vh, None if mask is None else mask > 0, window)
         return sanm.linear_out(rearrange(a, "b h l d -> b l (h d)")).add_(memory)
 
-    def __call__(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
-        """feats `[B, Tl, 560]`, feat_lens `[B]` -> `[B, Tl, 512]` (0 past each length)."""
+    def __call__(
+        self, feats: torch.Tensor, feat_lens: torch.Tensor, window: int | None = None
+    ) -> torch.Tensor:
+        """feats `[B, Tl, 560]`, feat_lens `[B]` -> `[B, Tl, 512]` (0 past each length).
+        window: attention reaches at most this many positions each side (approximate mode;
+        the 4 prompt rows count as positions)."""
         module = self.module
         cfg = module.cfg
         batch, length = feats.shape[:2]
         n_prompt = len(PROMPT_ROWS)
+        if window is not None and window >= n_prompt + length - 1:
+            window = None
         prompt = module.embed.weight[list(PROMPT_ROWS)].expand(batch, -1, -1)
         x = torch.cat([prompt, feats], dim=1) * cfg.output_size**0.5
         x.add_(sinusoidal_position_encoding(n_prompt + length, cfg.input_size, x.device))
@@ -89,10 +120,41 @@ class FastSenseVoice:
             positions = torch.arange(n_prompt + length, device=feats.device)
             mask = (positions[None, :] < (feat_lens + n_prompt)[:, None]).to(x.dtype)
         for block in (*module.encoder.encoders0, *module.encoder.encoders):
-            attn = self._attention(block, block.norm1(x), mask)
+            attn = self._attention(block, block.norm1(x), mask, window)
             x = attn.add_(x) if block.residual else attn
             x = x + block.feed_forward(block.norm2(x))
         out = module.encoder.after_norm(x)[:, n_prompt:]
         if mask is not None:
             out = out * mask[:, n_prompt:, None]
         return out
+
+
+BANDED_QUERY_CHUNK = 512
+
+
+def banded_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    window: int,
+) -> torch.Tensor:
+    """Softmax attention where query t sees keys s with `|t - s| <= window` (and
+    `key_valid[b, s]`), `[B, H, L, Dh]` x3 -> `[B, H, L, Dh]`, in O(L * window) time and
+    memory: `BANDED_QUERY_CHUNK` queries at a time over only the keys their band reaches.
+    Every query also sees itself, so rows past an item's end stay finite (their outputs are
+    discarded; they never reach a valid row, whose band excludes invalid keys)."""
+    length = q.shape[2]
+    positions = torch.arange(length, device=q.device)
+    chunks = []
+    for a0 in range(0, length, BANDED_QUERY_CHUNK):
+        a1 = min(length, a0 + BANDED_QUERY_CHUNK)
+        k0, k1 = max(0, a0 - window), min(length, a1 + window)
+        delta = positions[a0:a1].view(-1, 1) - positions[k0:k1].view(1, -1)
+        visible = delta.abs() <= window
+        if key_valid is not None:
+            visible = (visible & key_valid[:, None, None, k0:k1]) | (delta == 0)
+        chunks.append(
+            F.scaled_dot_product_attention(q[:, :, a0:a1], k[:, :, k0:k1], v[:, :, k0:k1], visible)
+        )
+    return torch.cat(chunks, dim=2)

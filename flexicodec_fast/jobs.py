@@ -79,6 +79,7 @@ def encode_files(
     target_frame_rate: float | None = None,
     precision: str = "fp32",
     mix_down: bool = False,
+    attention_window: float | None = None,
     progress: bool = True,
 ) -> JobReport:
     report = JobReport()
@@ -111,6 +112,7 @@ def encode_files(
             audio_lens=lens,
             precision=precision,
             target_frame_rate=target_frame_rate,
+            attention_window=attention_window,
         )
         thresholds = enc.get("thresholds", torch.full((len(batch),), threshold)).tolist()
         codes = Codes(
@@ -124,6 +126,7 @@ def encode_files(
                 thresholds=thresholds,
                 audio_lengths=lens.tolist(),
                 sources=[str(p) for p, _ in batch],
+                attention_window=attention_window,
             ),
         )
         for i, (_, target) in enumerate(batch):
@@ -141,6 +144,7 @@ def decode_files(
     *,
     precision: str = "fp32",
     allow_other_model: bool = False,
+    attention_window: float | None = None,
     progress: bool = True,
 ) -> JobReport:
     report = JobReport()
@@ -161,6 +165,7 @@ def decode_files(
                 codes.acoustic_codes,
                 codes.token_lengths,
                 precision=precision,
+                attention_window=attention_window,
             )
         except FlexiCodecError as e:
             report.failed.append((path, str(e)))

@@ -162,6 +162,31 @@ def _tamper(path, model, **changes):
     save_codes(path, codes)
 
 
+def test_attention_window_option_encodes_and_decodes_like_the_api(
+    tmp_path, corpus, model, model_args, fixture_dir
+):
+    out, wavs = tmp_path / "codes", tmp_path / "wav"
+    window = ["--attention-window", "0.5", "--quiet", *model_args]
+    clip = str(corpus / "a.wav")
+    assert main(["encode", clip, "-o", str(out), "--num-quantizers", "3", *window]) == 0
+    codes = load_codes(out / f"a.wav{SUFFIX}")
+    assert json.loads(codes.metadata["attention_window"]) == 0.5
+    audio = torch.from_numpy(sf.read(fixture_dir / "input_clipA.wav", dtype="float32")[0])
+    want = fast_encode(audio[None], model, num_quantizers=3, attention_window=0.5)
+    assert torch.equal(codes.semantic_codes, want["semantic_codes"])
+    assert torch.equal(codes.acoustic_codes, want["acoustic_codes"])
+    assert main(["decode", str(out), "-o", str(wavs), *window]) == 0
+    decoded = torch.from_numpy(sf.read(wavs / "a.wav", dtype="float32")[0])
+    expected = ff.fast_decode(
+        model,
+        want["semantic_codes"],
+        want["acoustic_codes"],
+        want["token_lengths"],
+        attention_window=0.5,
+    )
+    assert torch.equal(decoded, expected[0, 0])
+
+
 @pytest.mark.parametrize(
     "changes,match",
     [

@@ -1,0 +1,142 @@
+"""The approximate long-audio mode (`attention_window=` seconds, issue #4): banded attention
+against a dense formula, the transformers against the reference's own windowed pattern, the
+SenseVoice band's locality, exactness when the window covers the clip, batch invariance and
+argument errors."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from flexicodec_fast.fast import attention_windows, fast_decode, fast_encode
+from flexicodec_fast.fast_modules import (
+    BANDED_QUERY_CHUNK,
+    FastSenseVoice,
+    FastTransformer,
+    banded_attention,
+)
+from flexicodec_fast.reference.attention import AttentionPattern
+from flexicodec_fast.reference.errors import InputError
+from flexicodec_fast.tiny import random_tiny_model
+
+CODE_KEYS = ("semantic_codes", "acoustic_codes", "token_lengths", "total_frames")
+
+
+def _dense_band(q, k, v, key_valid, window):
+    """softmax(q k^T / sqrt(d) + log(mask)) v with the mask written out position by position."""
+    length, head_dim = q.shape[2], q.shape[3]
+    mask = torch.zeros(q.shape[0], 1, length, length, dtype=torch.bool)
+    for t in range(length):
+        for s in range(length):
+            if abs(t - s) <= window:
+                mask[:, 0, t, s] = key_valid[:, s] | (s == t)
+    scores = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(head_dim)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1) @ v.double()).float()
+
+
+def test_banded_attention_is_the_band_masked_softmax():
+    gen = torch.Generator().manual_seed(0)
+    length = BANDED_QUERY_CHUNK + 90  # two query chunks
+    q, k, v = (torch.randn(2, 3, length, 8, generator=gen) for _ in range(3))
+    lengths = torch.tensor([length, length - 70])
+    key_valid = torch.arange(length).view(1, -1) < lengths.view(-1, 1)
+    out = banded_attention(q, k, v, key_valid, window=5)
+    want = _dense_band(q, k, v, key_valid, 5)
+    assert torch.isfinite(out).all()
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(out[b, :, :n], want[b, :, :n], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [2, 7])
+def test_fast_transformer_window_equals_the_reference_windowed_pattern(window):
+    model = random_tiny_model(seed=4)
+    module = model.bottleneck_transformer
+    reference = copy.deepcopy(module)
+    reference.pattern = AttentionPattern(window=window)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, module.transformer.layers[0].norm1.normalized_shape[0], 40, generator=gen)
+    if module.input_proj is not None:
+        x = torch.randn(2, module.input_proj.in_features, 40, generator=gen)
+    lengths = torch.tensor([40, 29])
+    with torch.inference_mode():
+        want = reference(x, lengths).transpose(1, 2)
+        got = FastTransformer(module, "torch")(x.transpose(1, 2).contiguous(), lengths, window)
+        whole = FastTransformer(module, "torch")(x.transpose(1, 2).contiguous(), lengths, 39)
+        exact = FastTransformer(module, "torch")(x.transpose(1, 2).contiguous(), lengths)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(whole, exact)  # a window covering the sequence is the exact path
+
+
+def test_sensevoice_window_limits_the_receptive_field():
+    model = random_tiny_model(seed=5)
+    sense = FastSenseVoice(model.semantic_model)
+    layers = len(model.semantic_model.encoder.encoders0) + len(
+        model.semantic_model.encoder.encoders
+    )
+    gen = torch.Generator().manual_seed(2)
+    feats = torch.randn(1, 400, 560, generator=gen)
+    lens = torch.tensor([400])
+    changed = feats.clone()
+    changed[:, 300:] += 1.0
+    window = 3
+    # Each layer reaches window positions by attention and 5 by the FSMN (kernel 11).
+    reach = layers * (window + 5)
+    with torch.inference_mode():
+        banded = sense(feats, lens, window), sense(changed, lens, window)
+        exact = sense(feats, lens), sense(changed, lens)
+        whole = sense(feats, lens, 1000)
+    far = 300 - reach - 1
+    assert far > 0
+    assert torch.equal(banded[0][:, :far], banded[1][:, :far])
+    assert not torch.allclose(exact[0][:, :far], exact[1][:, :far])
+    assert torch.equal(whole, exact[0])
+
+
+def _batch(seed: int, lens: list[int]):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(len(lens), max(lens), generator=gen) * 0.3, torch.tensor(lens)
+
+
+def test_window_covering_the_clip_is_exact_and_a_narrow_one_is_batch_invariant():
+    model = random_tiny_model(seed=0)
+    audio, lens = _batch(3, [24000, 15000])
+    exact = fast_encode(audio, model, num_quantizers=3, audio_lens=lens)
+    wide = fast_encode(audio, model, num_quantizers=3, audio_lens=lens, attention_window=10.0)
+    for key in CODE_KEYS:
+        assert torch.equal(wide[key], exact[key]), key
+    codes = (exact["semantic_codes"], exact["acoustic_codes"], exact["token_lengths"])
+    assert torch.equal(
+        fast_decode(model, *codes, attention_window=10.0), fast_decode(model, *codes)
+    )
+
+    narrow = fast_encode(audio, model, num_quantizers=3, audio_lens=lens, attention_window=0.2)
+    for b, n in enumerate(lens.tolist()):
+        single = fast_encode(audio[b : b + 1, :n], model, num_quantizers=3, attention_window=0.2)
+        g = int(single["total_frames"][0])
+        for key in ("semantic_codes", "acoustic_codes"):
+            assert torch.equal(narrow[key][b, :, :g], single[key][0]), key
+        assert torch.equal(narrow["token_lengths"][b, :g], single["token_lengths"][0])
+    audio_out = fast_decode(
+        model,
+        narrow["semantic_codes"],
+        narrow["acoustic_codes"],
+        narrow["token_lengths"],
+        attention_window=0.2,
+    )
+    assert torch.isfinite(audio_out).all()
+
+
+def test_window_sizes_and_errors():
+    w = attention_windows(2.0)
+    assert (w.sensevoice, w.aggregator, w.bottleneck) == (34, 50, 25)
+    assert attention_windows(None) is None
+    model = random_tiny_model(seed=0)
+    audio, _ = _batch(1, [8000])
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(InputError, match="attention_window"):
+            fast_encode(audio, model, attention_window=bad)
+    fixed = random_tiny_model(seed=6, aggregator="fixed_window", window=3)
+    with pytest.raises(InputError, match="attention_window"):
+        fast_encode(audio, fixed, num_quantizers=2, attention_window=5.0)
