@@ -97,7 +97,9 @@ class FastSenseVoice:
             keys = None if mask is None else (mask[:, None, None, :] > 0)
             a = F.scaled_dot_product_attention(q, k, vh, keys)
         else:
-            a = banded_attention(q, k, vh, None if mask is None else mask > 0, window)
+            a = banded_attention(
+                q, k, vh, None if mask is None else mask > 0, window, len(PROMPT_ROWS)
+            )
         return sanm.linear_out(rearrange(a, "b h l d -> b l (h d)")).add_(memory)
 
     def __call__(
@@ -105,7 +107,7 @@ class FastSenseVoice:
     ) -> torch.Tensor:
         """feats `[B, Tl, 560]`, feat_lens `[B]` -> `[B, Tl, 512]` (0 past each length).
         window: attention reaches at most this many positions each side (approximate mode;
-        the 4 prompt rows count as positions)."""
+        the 4 prompt rows stay global: every row attends to them and they to every row)."""
         module = self.module
         cfg = module.cfg
         batch, length = feats.shape[:2]
@@ -138,23 +140,36 @@ def banded_attention(
     v: torch.Tensor,
     key_valid: torch.Tensor | None,
     window: int,
+    global_rows: int = 0,
 ) -> torch.Tensor:
     """Softmax attention where query t sees keys s with `|t - s| <= window` (and
     `key_valid[b, s]`), `[B, H, L, Dh]` x3 -> `[B, H, L, Dh]`, in O(L * window) time and
     memory: `BANDED_QUERY_CHUNK` queries at a time over only the keys their band reaches.
+
+    The first `global_rows` positions are global (SenseVoice's prompt rows, which every
+    frame attends to): every query sees them and they see every key, O(global_rows * L).
     Every query also sees itself, so rows past an item's end stay finite (their outputs are
     discarded; they never reach a valid row, whose band excludes invalid keys)."""
     length = q.shape[2]
     positions = torch.arange(length, device=q.device)
+    valid = (
+        torch.ones(q.shape[0], length, dtype=torch.bool, device=q.device)
+        if key_valid is None
+        else key_valid
+    )
     chunks = []
-    for a0 in range(0, length, BANDED_QUERY_CHUNK):
-        a1 = min(length, a0 + BANDED_QUERY_CHUNK)
-        k0, k1 = max(0, a0 - window), min(length, a1 + window)
-        delta = positions[a0:a1].view(-1, 1) - positions[k0:k1].view(1, -1)
-        visible = delta.abs() <= window
-        if key_valid is not None:
-            visible = (visible & key_valid[:, None, None, k0:k1]) | (delta == 0)
+    if global_rows:
         chunks.append(
-            F.scaled_dot_product_attention(q[:, :, a0:a1], k[:, :, k0:k1], v[:, :, k0:k1], visible)
+            F.scaled_dot_product_attention(q[:, :, :global_rows], k, v, valid[:, None, None, :])
+        )
+    for a0 in range(global_rows, length, BANDED_QUERY_CHUNK):
+        a1 = min(length, a0 + BANDED_QUERY_CHUNK)
+        k0, k1 = max(global_rows, a0 - window), min(length, a1 + window)
+        keys = torch.cat([positions[:global_rows], positions[k0:k1]])
+        delta = positions[a0:a1].view(-1, 1) - keys.view(1, -1)
+        visible = (delta.abs() <= window) | (keys < global_rows)
+        visible = (visible & valid[:, None, None, keys]) | (delta == 0)
+        chunks.append(
+            F.scaled_dot_product_attention(q[:, :, a0:a1], k[:, :, keys], v[:, :, keys], visible)
         )
     return torch.cat(chunks, dim=2)

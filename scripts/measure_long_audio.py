@@ -1,14 +1,23 @@
 """Peak memory and time of `fast_encode` + `fast_decode` on long single clips (issue #4).
 
-    python scripts/measure_long_audio.py --minutes 1 2 4 8 [--threads 2] [--out docs/long_audio.md]
+    python scripts/measure_long_audio.py --minutes 1 2 4 8 [--threads 2] [--out FILE.md]
+    python scripts/measure_long_audio.py --minutes 60 --attention-window 30
+    python scripts/measure_long_audio.py --minutes 2 --attention-window 10 --compare
 
 Each length runs in a fresh process (so each peak is its own): the full-size released
-architecture with seeded random weights (time and memory do not depend on weight values),
+architecture with seeded random weights (time and memory do not depend on weight values;
+`--builtin`: the trained built-in model instead),
 a `profiling.synthetic_speech` clip, `target_frame_rate=8`, fp32, torch backend. Reported:
 peak RSS after building the model, peak RSS of the whole run, encode and decode wall times.
 A least-squares line through the peaks gives the predicted peak at 60 minutes; it is labelled
 a prediction, because the full-size model's SenseVoice and bottleneck transformer attend over
 the whole clip, so an hour costs hours of CPU time here.
+
+`--attention-window S` runs the approximate long-audio mode (linear time), so an hour can be
+measured directly; `--compare` first runs the exact mode on the same clip, then the
+approximate one at the threshold the exact run chose (so peak RSS includes both runs), and
+reports how much the approximate one differs: the share of 12.5 Hz frames whose semantic /
+acoustic codes are identical, and the SNR of the decoded audio against the exact decode.
 """
 
 from __future__ import annotations
@@ -26,38 +35,89 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def child(seconds: float, threads: int) -> dict:
+def _frame_codes(enc: dict):
+    """Per-12.5 Hz-frame codes of item 0: each token's codes repeated by its length."""
+    import torch
+
+    lengths = enc["token_lengths"][0]
+    codes = [enc["semantic_codes"][0].long(), enc["acoustic_codes"][0]]
+    return [torch.repeat_interleave(c, lengths, dim=-1) for c in codes]
+
+
+def _run(model, audio, window, threshold=None):
+    """Encode (at about 8 Hz, or at `threshold`) and decode; returns codes, audio, times."""
     import torch
 
     from flexicodec_fast import fast_decode, fast_encode
-    from flexicodec_fast.profiling import synthetic_speech
+
+    with torch.inference_mode():
+        start = time.perf_counter()
+        enc = fast_encode(
+            audio,
+            model,
+            num_quantizers=model.max_num_quantizers,
+            merging_threshold=0.91 if threshold is None else threshold,
+            target_frame_rate=8.0 if threshold is None else None,
+            attention_window=window,
+        )
+        encoded = time.perf_counter()
+        codes = (enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
+        wav = fast_decode(model, *codes, attention_window=window)
+    return enc, wav, encoded - start, time.perf_counter() - encoded
+
+
+def _model(builtin: bool):
+    import torch
+
+    from flexicodec_fast import prepare_model
     from flexicodec_fast.reference.model import FlexiCodec
     from flexicodec_fast.train.config import load_train_config
 
-    torch.set_num_threads(threads)
+    if builtin:
+        return prepare_model(device="cpu")
     cfg = load_train_config("released")
     torch.manual_seed(0)
-    model = FlexiCodec(cfg.model, cfg.sensevoice).eval()
+    return FlexiCodec(cfg.model, cfg.sensevoice).eval()
+
+
+def child(seconds: float, threads: int, window, compare: bool, builtin: bool) -> dict:
+    import torch
+
+    from flexicodec_fast.profiling import synthetic_speech
+
+    torch.set_num_threads(threads)
+    model = _model(builtin)
     model_peak = _peak_gib()
     audio = synthetic_speech(seconds)[None]
-    with torch.inference_mode():
-        start = time.perf_counter()
-        enc = fast_encode(audio, model, num_quantizers=8, target_frame_rate=8.0)
-        encode_s = time.perf_counter() - start
-        start = time.perf_counter()
-        wav = fast_decode(model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
-        decode_s = time.perf_counter() - start
+    threshold = None
+    if compare:
+        # The approximate run merges at the exact run's threshold, so the comparison shows
+        # what the window changes, not a re-chosen threshold.
+        exact, exact_wav, _, _ = _run(model, audio, None)
+        threshold = float(exact["thresholds"][0])
+    enc, wav, encode_s, decode_s = _run(model, audio, window, threshold)
     frames = int(enc["token_lengths"].sum())
-    return {
+    row = {
+        "model": "built-in" if builtin else "full-size, random weights",
         "minutes": seconds / 60,
+        "attention_window_s": window,
         "frames": frames,
         "frame_rate_hz": 12.5 * int(enc["total_frames"][0]) / frames,
-        "samples_out": int(wav.shape[-1]),
         "model_peak_gib": model_peak,
         "peak_gib": _peak_gib(),
         "encode_s": encode_s,
         "decode_s": decode_s,
     }
+    if compare:
+        (sem, ac), (sem_x, ac_x) = _frame_codes(enc), _frame_codes(exact)
+        noise = (wav - exact_wav).double().pow(2).sum()
+        row.update(
+            semantic_frames_equal=float((sem == sem_x).all(0).double().mean()),
+            acoustic_frames_equal=float((ac == ac_x).all(0).double().mean()),
+            token_lengths_equal=bool(torch.equal(enc["token_lengths"], exact["token_lengths"])),
+            audio_snr_db=float(10 * torch.log10(exact_wav.double().pow(2).sum() / noise)),
+        )
+    return row
 
 
 def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -74,15 +134,23 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--attention-window", type=float, help="seconds (approximate mode)")
+    parser.add_argument("--compare", action="store_true", help="also run exact; report diffs")
+    parser.add_argument("--builtin", action="store_true", help="the built-in model instead")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(child(args.child, args.threads)))
+        row = child(args.child, args.threads, args.attention_window, args.compare, args.builtin)
+        print(json.dumps(row))
         return 0
     rows = []
     for minutes in args.minutes:
         command = [sys.executable, __file__, "--child", str(minutes * 60)]
+        if args.attention_window is not None:
+            command += ["--attention-window", str(args.attention_window)]
+        command += ["--compare"] if args.compare else []
+        command += ["--builtin"] if args.builtin else []
         done = subprocess.run(
             [*command, "--threads", str(args.threads)],
             check=True,
@@ -91,22 +159,38 @@ def main(argv=None) -> int:
         )
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    slope, intercept = _fit([r["minutes"] for r in rows], [r["peak_gib"] for r in rows])
+    compare = "audio_snr_db" in rows[0]
     lines = [
-        "| clip (min) | frames | frame rate (Hz) | peak RSS after model (GiB) | peak RSS (GiB) "
-        "| encode (s) | decode (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        *(
-            f"| {r['minutes']:g} | {r['frames']} | {r['frame_rate_hz']:.2f} | "
-            f"{r['model_peak_gib']:.2f} | {r['peak_gib']:.2f} | {r['encode_s']:.1f} | "
-            f"{r['decode_s']:.1f} |"
-            for r in rows
+        "| clip (min) | attention | frames | frame rate (Hz) | RSS after model (GiB) "
+        "| peak RSS (GiB) | encode (s) | decode (s) |"
+        + (
+            " frames with equal sem / ac codes | token lengths equal | SNR vs exact (dB) |"
+            if compare
+            else ""
         ),
-        "",
-        f"Least-squares line through the peaks: {intercept:.2f} GiB + {slope:.3f} GiB per "
-        f"minute; predicted (not measured) peak for a 60-minute clip: "
-        f"{intercept + 60 * slope:.2f} GiB.",
+        "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|---|---:|" if compare else ""),
     ]
+    for r in rows:
+        window = r["attention_window_s"]
+        line = (
+            f"| {r['minutes']:g} | {'exact' if window is None else f'window {window:g} s'} | "
+            f"{r['frames']} | {r['frame_rate_hz']:.2f} | {r['model_peak_gib']:.2f} | "
+            f"{r['peak_gib']:.2f} | {r['encode_s']:.1f} | {r['decode_s']:.1f} |"
+        )
+        if compare:
+            line += (
+                f" {r['semantic_frames_equal']:.1%} / {r['acoustic_frames_equal']:.1%} | "
+                f"{'yes' if r['token_lengths_equal'] else 'no'} | {r['audio_snr_db']:.1f} |"
+            )
+        lines.append(line)
+    if len(rows) > 1:
+        slope, intercept = _fit([r["minutes"] for r in rows], [r["peak_gib"] for r in rows])
+        lines += [
+            "",
+            f"Least-squares line through the peaks: {intercept:.2f} GiB + {slope:.3f} GiB per "
+            f"minute; predicted (not measured) peak for a 60-minute clip: "
+            f"{intercept + 60 * slope:.2f} GiB.",
+        ]
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.write_text(text)
