@@ -60,3 +60,14 @@ def fixture_clips(fixture_dir) -> dict[str, torch.Tensor]:
         assert sr == 16000
         clips[name] = torch.from_numpy(wav)
     return clips
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread for tests of many small ops (training steps, tiny tensors): two
+    threads stall on OpenMP barriers on a busy shared machine. Restored afterwards, because
+    decoded-audio bit-exactness elsewhere depends on the session's two threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,14 +27,7 @@ from flexicodec_fast.reference.losses import (
     stft_magnitude,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small ops on a shared machine: one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _slaney_mel(f: float) -> float:

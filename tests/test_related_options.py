@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 import yaml
 from safetensors.torch import load_file
+from signals import harmonic_tone
 
 import flexicodec_fast as ff
 from flexicodec_fast.reference.config import FlexiCodecConfig
@@ -29,28 +30,14 @@ OPTIONS = ("tiny_bsq", "tiny_focal", "tiny_semantic_rvq", "tiny_fixed_window")
 STEPS = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _tone(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    f0 = 120 + 40 * seed
-    x = sum(0.3 / k * np.sin(2 * np.pi * f0 * k * t * (1 + 0.1 * t)) for k in range(1, 5))
-    x *= 0.6 + 0.4 * np.sin(2 * np.pi * (2 + seed) * t)
-    return (x + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("wavs")
     for i in range(4):
-        sf.write(folder / f"clip{i}.wav", _tone(1.0 + 0.2 * i, i), 16000)
+        sf.write(folder / f"clip{i}.wav", harmonic_tone(1.0 + 0.2 * i, i), 16000)
     return folder
 
 
@@ -129,7 +116,7 @@ def test_option_trains_from_the_cli_and_round_trips(name, data_dir, tmp_path):
     initial = build_initial_model(cfg)
     if mc.acoustic_quantizer == "semantic_rvq":
         initial.semantic_vocab.copy_(trained.semantic_vocab)
-    batch = torch.from_numpy(np.stack([_tone(0.8, 0), _tone(0.8, 3)]))
+    batch = torch.from_numpy(np.stack([harmonic_tone(0.8, 0), harmonic_tone(0.8, 3)]))
     before, after = _generator_loss(initial, cfg, batch), _generator_loss(trained, cfg, batch)
     assert after < 0.9 * before, (before, after)
 
@@ -147,7 +134,7 @@ def test_option_trains_from_the_cli_and_round_trips(name, data_dir, tmp_path):
     }
     state = model.state_dict()
     assert all(torch.equal(state[k], saved[k]) for k in state)
-    clip = torch.from_numpy(_tone(1.0, 1))[None]
+    clip = torch.from_numpy(harmonic_tone(1.0, 1))[None]
     logits = []
     if mc.acoustic_quantizer == "semantic_rvq":
         model.spd.head.register_forward_hook(lambda m, i, out: logits.append(out))

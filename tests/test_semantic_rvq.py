@@ -27,13 +27,7 @@ GAP = 1e-6
 DIM, STAGES, SIZE = 32, 3, 40
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two stall on OpenMP barriers on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _module(seed=0):

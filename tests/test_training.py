@@ -18,6 +18,7 @@ import soundfile as sf
 import torch
 import yaml
 from safetensors.torch import load_file
+from signals import harmonic_tone
 
 import flexicodec_fast as ff
 from flexicodec_fast.reference.errors import CheckpointError, InputError
@@ -41,23 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 GOOD_CLIPS = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training steps are many small ops: on a shared CI machine one thread is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _tone(seconds: float, sr: int, seed: int) -> np.ndarray:
-    """Harmonics with a gliding pitch, an amplitude envelope and a little noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    f0 = 110 + 35 * seed
-    x = sum(0.3 / k * np.sin(2 * np.pi * f0 * k * t * (1 + 0.15 * t)) for k in range(1, 6))
-    x *= 0.6 + 0.4 * np.sin(2 * np.pi * (2 + seed) * t)
-    return (x + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +53,10 @@ def data_dir(tmp_path_factory) -> Path:
     for i in range(GOOD_CLIPS):
         sr = 22050 if i == 4 else 16000
         where = folder / "more" if i == 4 else folder
-        sf.write(where / f"clip{i}.wav", _tone(1.0 + 0.15 * i, sr, i), sr)
+        sf.write(where / f"clip{i}.wav", harmonic_tone(1.0 + 0.15 * i, i, sr), sr)
     (folder / "broken.wav").write_bytes(b"RIFF not really a wave file" * 10)
     sf.write(folder / "silent.wav", np.zeros(20000, np.float32), 16000)
-    sf.write(folder / "short.wav", _tone(0.1, 16000, 9), 16000)
+    sf.write(folder / "short.wav", harmonic_tone(0.1, 9, 16000), 16000)
     return folder
 
 
@@ -106,7 +91,7 @@ def _quiet_trainer(cfg, data, out, steps):
 def test_training_forward_shapes_losses_and_gradients():
     cfg = _tiny()
     model = build_initial_model(cfg).train()
-    audio = torch.from_numpy(np.stack([_tone(0.8, 16000, 1), _tone(0.8, 16000, 2)]))
+    audio = torch.from_numpy(np.stack([harmonic_tone(0.8, 1, 16000), harmonic_tone(0.8, 2, 16000)]))
     random.seed(5)
     expected_threshold = random.uniform(0.8, 1.0)
     random.seed(5)
@@ -147,7 +132,7 @@ def test_phase_one_trains_at_the_fixed_frame_rate():
     cfg = _tiny(phase=1)
     assert cfg.model.use_similarity_alignment is False
     model = build_initial_model(cfg).train()
-    audio = torch.from_numpy(np.stack([_tone(0.8, 16000, 3)]))
+    audio = torch.from_numpy(np.stack([harmonic_tone(0.8, 3, 16000)]))
     out = training_step_outputs(model, audio, TrainingForwardConfig(bypass_quantize_rate=0.0))
     assert out.threshold is None
     assert int(out.num_groups[0]) == out.frames
@@ -247,7 +232,7 @@ def test_resume_equals_uninterrupted_and_checkpoints_load(data_dir, tmp_path):
     assert all(k.startswith("repa_mlp.") for k in model.load_report.skipped)
     state = model.state_dict()
     assert all(torch.equal(state[k], saved[k]) for k in state)
-    clip = torch.from_numpy(_tone(1.0, 16000, 0))[None]
+    clip = torch.from_numpy(harmonic_tone(1.0, 0, 16000))[None]
     enc = ff.fast_encode(clip, model, num_quantizers=3, merging_threshold=0.9)
     assert enc["semantic_codes"].shape[:2] == (1, 1) and enc["acoustic_codes"].shape[1] == 2
     audio = ff.fast_decode(

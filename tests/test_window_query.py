@@ -30,13 +30,7 @@ T = 12
 LENGTHS = torch.tensor([12, 7, 1])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two stall on OpenMP barriers on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _encoder(backend="torch", seed=0):
