@@ -292,12 +292,12 @@ def _frame_rate_thresholds(similarity, frames, max_tokens, target: float) -> tor
     return candidates.gather(1, lo.view(-1, 1))[:, 0].double()
 
 
-FBANK_CHUNK_FRAMES = 30000
+FBANK_CHUNK_FRAMES = 6000
 
 
 def _features(frontend, audio, audio_lens, dither):
     """The front-end; long deterministic inputs compute their fbank `FBANK_CHUNK_FRAMES`
-    frames (5 minutes) at a time. Every fbank frame depends only on its own 400 samples, so
+    frames (1 minute) at a time. Every fbank frame depends only on its own 400 samples, so
     the chunks meet exactly; only the stacked `[B, Tl, 560]` features exist whole. (The
     official dither stream is one draw per item, so dithered inputs run whole.)"""
     lens = check_frontend_audio(audio, audio_lens)

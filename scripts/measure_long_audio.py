@@ -8,10 +8,10 @@ Each length runs in a fresh process (so each peak is its own): the full-size rel
 architecture with seeded random weights (time and memory do not depend on weight values;
 `--builtin`: the trained built-in model instead),
 a `profiling.synthetic_speech` clip, `target_frame_rate=8`, fp32, torch backend. Reported:
-peak RSS after building the model, peak RSS of the whole run, encode and decode wall times.
-A least-squares line through the peaks gives the predicted peak at 60 minutes; it is labelled
-a prediction, because the full-size model's SenseVoice and bottleneck transformer attend over
-the whole clip, so an hour costs hours of CPU time here.
+peak RSS after building the model, peak RSS of the whole run, encode and decode wall times,
+and how much the peak grew between the two longest clips. Exact attention over an hour
+costs hours of CPU time here (the full-size SenseVoice and bottleneck transformer attend over
+the whole clip; their memory is linear, their time quadratic).
 
 `--attention-window S` runs the approximate long-audio mode (linear time), so an hour can be
 measured directly; `--compare` first runs the exact mode on the same clip, then the
@@ -120,14 +120,6 @@ def child(seconds: float, threads: int, window, compare: bool, builtin: bool) ->
     return row
 
 
-def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
-    return slope, my - slope * mx
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,12 +176,11 @@ def main(argv=None) -> int:
             )
         lines.append(line)
     if len(rows) > 1:
-        slope, intercept = _fit([r["minutes"] for r in rows], [r["peak_gib"] for r in rows])
+        longest, before = sorted(rows, key=lambda r: r["minutes"])[-1:-3:-1]
         lines += [
             "",
-            f"Least-squares line through the peaks: {intercept:.2f} GiB + {slope:.3f} GiB per "
-            f"minute; predicted (not measured) peak for a 60-minute clip: "
-            f"{intercept + 60 * slope:.2f} GiB.",
+            f"Peak RSS grew by {longest['peak_gib'] - before['peak_gib']:+.2f} GiB from the "
+            f"{before['minutes']:g}-minute to the {longest['minutes']:g}-minute clip.",
         ]
     text = "\n".join(lines) + "\n"
     if args.out:
