@@ -99,7 +99,7 @@ def _alpha(module: Snake1d, dtype: torch.dtype | None) -> torch.Tensor:
     return module.alpha.detach().to(dtype)
 
 
-CHUNK_FRAMES = 1024
+CHUNK_FRAMES = 512
 
 
 def _receptive_frames(convs: list[tuple[Conv, float]], frame: float) -> int:
@@ -128,7 +128,7 @@ def _run_chunked(
     frames = math.ceil(x.shape[-1] / in_per_frame)
     if frames <= CHUNK_FRAMES + 2 * context:
         return run(x, lengths)
-    pieces = []
+    out, filled = None, 0
     for start in range(0, frames, CHUNK_FRAMES):
         end = min(frames, start + CHUNK_FRAMES)
         a, b = max(0, start - context), min(frames, end + context)
@@ -137,8 +137,13 @@ def _run_chunked(
             piece_lengths = (lengths - a * in_per_frame).clamp(0, (b - a) * in_per_frame)
         y = run(x[..., a * in_per_frame : b * in_per_frame], piece_lengths)
         keep_to = (end - a) * out_per_frame if end < frames else y.shape[-1]
-        pieces.append(y[..., (start - a) * out_per_frame : keep_to])
-    return torch.cat(pieces, dim=-1)[..., :out_length]
+        piece = y[..., (start - a) * out_per_frame : keep_to][..., : out_length - filled]
+        if out is None:
+            # Pieces go straight into the output: no list of pieces plus a concatenated copy.
+            out = y.new_empty(*y.shape[:-1], out_length)
+        out[..., filled : filled + piece.shape[-1]] = piece
+        filled += piece.shape[-1]
+    return out[..., :filled]
 
 
 def _snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
