@@ -372,16 +372,7 @@ def _rvq_inputs(cfg, frames):
             .to(cfg.device)
         )
         x = torch.randn(cfg.batch, groups, cfg.dim).to(cfg.device)
-    with torch.no_grad():
-        qs = rvq.quantizers
-        stacked = (
-            torch.stack([q.in_proj.weight()[..., 0] for q in qs]),
-            torch.stack([q.in_proj.bias for q in qs]),
-            torch.stack([q.codebook.weight for q in qs]),
-            torch.stack([F.normalize(q.codebook.weight, dim=1) for q in qs]),
-            torch.stack([q.out_proj.weight()[..., 0] for q in qs]),
-            torch.stack([q.out_proj.bias for q in qs]),
-        )
+    stacked = krvq.stacked_weights(rvq)
     codes, _ = krvq.rvq_encode(x, *stacked, cfg.rvq_stages, backend="torch")
     return rvq, x, stacked, baselines.rvq_stage_tensors(rvq), codes, groups
 

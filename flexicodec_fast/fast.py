@@ -62,31 +62,6 @@ def _resolve_model(model) -> FlexiCodec:
     return model
 
 
-@dataclass
-class _RVQStack:
-    """Every stage's weights stacked for the fused RVQ kernel (weight norm folded)."""
-
-    in_w: torch.Tensor
-    in_b: torch.Tensor
-    cb: torch.Tensor
-    cb_norm: torch.Tensor
-    out_w: torch.Tensor
-    out_b: torch.Tensor
-
-    @classmethod
-    def build(cls, rvq) -> _RVQStack:
-        qs = rvq.quantizers
-        with torch.no_grad():
-            return cls(
-                torch.stack([q.in_proj.weight()[..., 0] for q in qs]),
-                torch.stack([q.in_proj.bias for q in qs]),
-                torch.stack([q.codebook.weight for q in qs]),
-                torch.stack([F.normalize(q.codebook.weight, dim=1) for q in qs]),
-                torch.stack([q.out_proj.weight()[..., 0] for q in qs]),
-                torch.stack([q.out_proj.bias for q in qs]),
-            )
-
-
 class FastCodec:
     """Everything prepared once per model: folded stacks, stacked RVQ weights, executors.
 
@@ -105,7 +80,7 @@ class FastCodec:
         channels_last = next(model.parameters()).device.type == "cpu"
         self.encoder = FastEncoder(model.dac.encoder, conv_dtype, channels_last)
         self.decoder = FastDecoder(model.dac.decoder, conv_dtype, channels_last)
-        self.rvq = _RVQStack.build(model.dac.quantizer)
+        self.rvq = krvq.stacked_weights(model.dac.quantizer)
         self.sensevoice = FastSenseVoice(model.semantic_model)
         self.levels = tuple(model.config.fsq_levels)
         cfg = model.config
@@ -476,19 +451,13 @@ def _encode(
     latent = sem_decoded
     if num_quantizers > 1:
         residual = (ac_tokens.float() - sem_decoded.transpose(1, 2)).contiguous()
-        r = fast.rvq
         first_codes = None
         if cfg.acoustic_quantizer == "semantic_rvq":
             ac_channels_first = ac_tokens.float().transpose(1, 2)
             first_codes = model.first_stage_codes(ac_channels_first, merged.num_groups)
         acoustic_codes, quantized = krvq.rvq_encode(
             residual,
-            r.in_w,
-            r.in_b,
-            r.cb,
-            r.cb_norm,
-            r.out_w,
-            r.out_b,
+            *fast.rvq,
             num_quantizers - 1,
             merged.num_groups,
             first_codes=first_codes,

@@ -51,6 +51,8 @@ the torch path raises IndexError. Decode returns `[B, G, D]` in out_w's dtype.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -491,6 +493,34 @@ def rvq_decode_torch(codes, cb, out_w, out_b):
     weight = rearrange(out_w[:k].float(), "s d c -> d (s c)")
     flat = torch.addmm(out_b[:k].float().sum(0), vectors.flatten(0, 1), weight.t())
     return flat.view(*vectors.shape[:2], -1).to(out_w.dtype)
+
+
+class StackedStages(NamedTuple):
+    """Every stage's weights in the kernels' layout (see the module docstring), in the order
+    `rvq_encode` takes them after x."""
+
+    in_w: torch.Tensor
+    in_b: torch.Tensor
+    cb: torch.Tensor
+    cb_norm: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+
+
+def stacked_weights(rvq) -> StackedStages:
+    """The stage weights of a `reference.rvq.ResidualVectorQuantize` (or its semantic-assigned
+    subclass), weight norm folded, stacked over stages; the codebooks also l2-normalised."""
+    qs = rvq.quantizers
+    with torch.no_grad():
+        cb = torch.stack([q.codebook.weight for q in qs])
+        return StackedStages(
+            torch.stack([q.in_proj.weight()[..., 0] for q in qs]),
+            torch.stack([q.in_proj.bias for q in qs]),
+            cb,
+            F.normalize(cb, dim=-1),
+            torch.stack([q.out_proj.weight()[..., 0] for q in qs]),
+            torch.stack([q.out_proj.bias for q in qs]),
+        )
 
 
 # ----------------------------------------------------------------------------- launchers

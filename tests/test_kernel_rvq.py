@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from flexicodec_fast.kernels import rvq as rvq_mod
-from flexicodec_fast.kernels.rvq import rvq_decode, rvq_encode
+from flexicodec_fast.kernels.rvq import rvq_decode, rvq_encode, stacked_weights
 from flexicodec_fast.reference.rvq import ResidualVectorQuantize
 
 BACKENDS = ["torch", "triton"]
@@ -24,18 +24,6 @@ DIM, STAGES, SIZE = 48, 4, 100  # 100 codes: three full blocks of 32 and a parti
 def _module(dim=DIM, stages=STAGES, size=SIZE, seed=0):
     torch.manual_seed(seed)
     return ResidualVectorQuantize(dim, stages, size, 8).eval()
-
-
-def _weights(module):
-    """The stacked, weight-norm-folded stage weights the kernels take."""
-    q = module.quantizers
-    with torch.no_grad():
-        in_w = torch.stack([s.in_proj.weight()[:, :, 0] for s in q])
-        in_b = torch.stack([s.in_proj.bias for s in q])
-        cb = torch.stack([s.codebook.weight for s in q])
-        out_w = torch.stack([s.out_proj.weight()[:, :, 0] for s in q])
-        out_b = torch.stack([s.out_proj.bias for s in q])
-    return in_w, in_b, cb, F.normalize(cb, dim=-1), out_w, out_b
 
 
 def _reference(module, x, n):
@@ -64,7 +52,7 @@ def test_encode_matches_reference(backend, shape, n):
     module = _module()
     x = _x(*shape)
     ref_codes, ref_sum, gap = _reference(module, x, n)
-    codes, total = rvq_encode(x, *_weights(module), n_quantizers=n, backend=backend)
+    codes, total = rvq_encode(x, *stacked_weights(module), n_quantizers=n, backend=backend)
     assert codes.dtype == torch.int64 and codes.shape == (shape[0], n, shape[1])
     if backend == "torch":
         assert torch.equal(codes, ref_codes) and torch.equal(total, ref_sum)
@@ -83,7 +71,7 @@ def test_decode_matches_reference(backend, n_codes):
     codes = torch.randint(0, SIZE, (2, n_codes, 37), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = module.from_codes(codes).transpose(1, 2)
-    _, _, cb, _, out_w, out_b = _weights(module)
+    _, _, cb, _, out_w, out_b = stacked_weights(module)
     out = rvq_decode(codes, cb, out_w, out_b, backend=backend)
     torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL)
     assert (out - expected).norm() / expected.norm() < 1e-6
@@ -95,7 +83,7 @@ def test_num_groups_skips_padded_tokens(backend):
     """Items with 37, 20 and 0 live tokens: live tokens are unchanged, the rest get code 0
     and a zero sum (a fully padded block of 16 tokens does no work)."""
     module = _module()
-    weights = _weights(module)
+    weights = stacked_weights(module)
     x = _x(3, 37)
     codes, total = rvq_encode(x, *weights, backend=backend)
     num_groups = torch.tensor([37, 20, 0])
@@ -118,7 +106,7 @@ def test_exact_ties_take_the_first_index(backend):
     x = _x(2, 21)
     ref_codes, ref_sum, _ = _reference(module, x, STAGES)
     assert ref_codes.max() < 50
-    codes, total = rvq_encode(x, *_weights(module), backend=backend)
+    codes, total = rvq_encode(x, *stacked_weights(module), backend=backend)
     assert torch.equal(codes, ref_codes)
     torch.testing.assert_close(total, ref_sum, rtol=RTOL, atol=ATOL)
 
@@ -137,7 +125,7 @@ def test_near_ties_are_the_only_source_of_disagreement(backend):
             stage.codebook = torch.nn.Embedding.from_pretrained(torch.cat([w, twin]))
     x = _x(2, 32)
     ref_codes, _, gap = _reference(module, x, STAGES)
-    codes, _ = rvq_encode(x, *_weights(module), backend=backend)
+    codes, _ = rvq_encode(x, *stacked_weights(module), backend=backend)
     near = gap <= GAP
     assert near.any()
     differ = (codes != ref_codes).any(dim=1)
@@ -152,7 +140,7 @@ def test_fp16_inputs(backend):
     module = _module()
     x16 = _x(2, 19).half()
     ref_codes, ref_sum, gap = _reference(module, x16.float(), STAGES)
-    codes, total = rvq_encode(x16, *_weights(module), backend=backend)
+    codes, total = rvq_encode(x16, *stacked_weights(module), backend=backend)
     assert total.dtype == torch.float16
     far = gap > GAP
     assert torch.equal(codes.transpose(1, 2)[far], ref_codes.transpose(1, 2)[far])
@@ -196,13 +184,13 @@ def test_torch_path_chunks_the_distance_matrix(monkeypatch):
     module = _module()
     x = _x(2, 37)
     ref_codes, ref_sum, _ = _reference(module, x, STAGES)
-    codes, total = rvq_encode(x, *_weights(module), backend="torch")
+    codes, total = rvq_encode(x, *stacked_weights(module), backend="torch")
     assert torch.equal(codes, ref_codes) and torch.equal(total, ref_sum)
 
 
 def test_opcheck():
     module = _module()
-    weights = _weights(module)
+    weights = stacked_weights(module)
     x = _x(2, 5)
     torch.library.opcheck(
         torch.ops.flexicodec_fast.rvq_encode.default,
@@ -217,7 +205,7 @@ def test_opcheck():
 
 def test_errors():
     module = _module()
-    in_w, in_b, cb, cb_norm, out_w, out_b = _weights(module)
+    in_w, in_b, cb, cb_norm, out_w, out_b = stacked_weights(module)
     x = _x(2, 5)
     with pytest.raises(ValueError, match=r"x must be a \[B, G, D\] tensor"):
         rvq_encode(x[0], in_w, in_b, cb, cb_norm, out_w, out_b)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flexicodec_fast.kernels.rvq import rvq_encode
+from flexicodec_fast.kernels.rvq import rvq_encode, stacked_weights
 from flexicodec_fast.reference.errors import InputError
 from flexicodec_fast.reference.rvq import ResidualVectorQuantize
 from flexicodec_fast.reference.semantic_rvq import (
@@ -33,20 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _module(seed=0):
     torch.manual_seed(seed)
     return SemanticResidualVectorQuantize(DIM, STAGES, SIZE, 8).eval()
-
-
-def _weights(module):
-    q = module.quantizers
-    with torch.no_grad():
-        cb = torch.stack([s.codebook.weight for s in q])
-        return (
-            torch.stack([s.in_proj.weight()[:, :, 0] for s in q]),
-            torch.stack([s.in_proj.bias for s in q]),
-            cb,
-            F.normalize(cb, dim=-1),
-            torch.stack([s.out_proj.weight()[:, :, 0] for s in q]),
-            torch.stack([s.out_proj.bias for s in q]),
-        )
 
 
 def _x(batch, groups, seed=1):
@@ -144,7 +130,7 @@ def test_kernel_assigned_first_stage(backend, shape, n):
     with torch.no_grad():
         ref_q, ref_codes, *_ = module(x.transpose(1, 2), tokens, n)
     ref_q = ref_q.transpose(1, 2)
-    codes, total = rvq_encode(x, *_weights(module), n, first_codes=tokens, backend=backend)
+    codes, total = rvq_encode(x, *stacked_weights(module), n, first_codes=tokens, backend=backend)
     assert torch.equal(codes[:, 0], tokens)
     if backend == "torch":
         assert torch.equal(codes, ref_codes) and torch.equal(total, ref_q)
@@ -158,7 +144,7 @@ def test_kernel_assigned_first_stage(backend, shape, n):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_assigning_the_searched_codes_changes_nothing(backend):
     """first_codes = the codes stage 0 would find: the result of the plain encode, exactly."""
-    weights = _weights(_module())
+    weights = stacked_weights(_module())
     x = _x(2, 21, seed=4)
     codes, total = rvq_encode(x, *weights, backend=backend)
     again, total_again = rvq_encode(x, *weights, first_codes=codes[:, 0].int(), backend=backend)
@@ -169,7 +155,7 @@ def test_assigning_the_searched_codes_changes_nothing(backend):
 def test_first_codes_of_padded_tokens_are_not_read(backend):
     """With num_groups, tokens past an item may carry any first code (here -1): code 0 and
     a zero sum, the live tokens as without padding."""
-    weights = _weights(_module())
+    weights = stacked_weights(_module())
     x, tokens = _x(2, 19, seed=5), _tokens(2, 19, seed=5)
     codes, total = rvq_encode(x, *weights, first_codes=tokens, backend=backend)
     num_groups = torch.tensor([19, 7])
@@ -185,7 +171,7 @@ def test_first_codes_of_padded_tokens_are_not_read(backend):
 
 
 def test_kernel_first_codes_opcheck_and_errors():
-    weights = _weights(_module())
+    weights = stacked_weights(_module())
     x, tokens = _x(2, 5), _tokens(2, 5)
     torch.library.opcheck(
         torch.ops.flexicodec_fast.rvq_encode.default,
