@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .kernels.attention import attention
+from .kernels.attention import attention, banded_sdpa
 from .reference.sensevoice import PROMPT_ROWS, SenseVoiceEncoder, sinusoidal_position_encoding
 from .reference.transformer import ProjectedTransformer
 
@@ -142,34 +142,10 @@ def banded_attention(
     window: int,
     global_rows: int = 0,
 ) -> torch.Tensor:
-    """Softmax attention where query t sees keys s with `|t - s| <= window` (and
-    `key_valid[b, s]`), `[B, H, L, Dh]` x3 -> `[B, H, L, Dh]`, in O(L * window) time and
-    memory: `BANDED_QUERY_CHUNK` queries at a time over only the keys their band reaches.
-
-    The first `global_rows` positions are global (SenseVoice's prompt rows, which every
-    frame attends to): every query sees them and they see every key, O(global_rows * L).
-    Every query also sees itself, so rows past an item's end stay finite (their outputs are
-    discarded; they never reach a valid row, whose band excludes invalid keys)."""
-    length = q.shape[2]
-    positions = torch.arange(length, device=q.device)
-    valid = (
-        torch.ones(q.shape[0], length, dtype=torch.bool, device=q.device)
-        if key_valid is None
-        else key_valid
-    )
-    chunks = []
-    if global_rows:
-        chunks.append(
-            F.scaled_dot_product_attention(q[:, :, :global_rows], k, v, valid[:, None, None, :])
-        )
-    for a0 in range(global_rows, length, BANDED_QUERY_CHUNK):
-        a1 = min(length, a0 + BANDED_QUERY_CHUNK)
-        k0, k1 = max(global_rows, a0 - window), min(length, a1 + window)
-        keys = torch.cat([positions[:global_rows], positions[k0:k1]])
-        delta = positions[a0:a1].view(-1, 1) - keys.view(1, -1)
-        visible = (delta.abs() <= window) | (keys < global_rows)
-        visible = (visible & valid[:, None, None, keys]) | (delta == 0)
-        chunks.append(
-            F.scaled_dot_product_attention(q[:, :, a0:a1], k[:, :, keys], v[:, :, keys], visible)
-        )
-    return torch.cat(chunks, dim=2)
+    """SenseVoice's attention in the approximate mode: query t sees keys s with
+    `|t - s| <= window` (and `key_valid[b, s]`, `[B, L]` bool or None), the first
+    `global_rows` positions global; `[B, H, L, Dh]` x3 -> `[B, H, L, Dh]` (see
+    `kernels.attention.banded_sdpa`), `BANDED_QUERY_CHUNK` queries at a time."""
+    if key_valid is None:
+        key_valid = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device)
+    return banded_sdpa(q, k, v, key_valid, window, window, global_rows, BANDED_QUERY_CHUNK)

@@ -203,6 +203,46 @@ def band_limits(
     return False, length, length
 
 
+def banded_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: torch.Tensor,
+    before: int,
+    after: int,
+    global_rows: int = 0,
+    chunk: int = TORCH_QUERY_CHUNK,
+) -> torch.Tensor:
+    """Softmax attention `[B, H, L, Dh]` x3 -> `[B, H, L, Dh]` where query t sees key s iff
+    `t - before <= s <= t + after` and `key_valid[b, s]` (`[B, L]` bool), in O(L * band):
+    `chunk` queries at a time over only the keys their band reaches, so the boolean mask
+    (which forces the math kernel) is O(chunk * keys), not O(L^2).
+
+    The first `global_rows` positions are global (every query sees them, they see every
+    valid key). Every query also sees itself, so a row past an item's end stays finite; such
+    rows never reach a valid row, whose band excludes invalid keys."""
+    length = q.shape[2]
+    positions = torch.arange(length, device=q.device)
+    chunks = []
+    if global_rows:
+        mask = key_valid[:, None, None, :]
+        chunks.append(F.scaled_dot_product_attention(q[:, :, :global_rows], k, v, mask))
+    for a0 in range(global_rows, length, chunk):
+        a1 = min(length, a0 + chunk)
+        k0, k1 = max(global_rows, a0 - before), min(length, a1 + after)
+        if global_rows:
+            keys = torch.cat([positions[:global_rows], positions[k0:k1]])
+            kc, vc = k[:, :, keys], v[:, :, keys]
+        else:
+            keys = positions[k0:k1]
+            kc, vc = k[:, :, k0:k1], v[:, :, k0:k1]
+        delta = positions[a0:a1].view(-1, 1) - keys.view(1, -1)
+        visible = ((delta <= before) & (delta >= -after)) | (keys < global_rows)
+        visible = (visible & key_valid[:, None, None, keys]) | (delta == 0)
+        chunks.append(F.scaled_dot_product_attention(q[:, :, a0:a1], kc, vc, visible))
+    return torch.cat(chunks, dim=2)
+
+
 def attention_torch(
     q, k, v, lengths=None, window=None, causal=False, context=None, max_period=10000.0
 ):
@@ -210,8 +250,8 @@ def attention_torch(
 
     Without masking (every key of every item visible) one mask-free SDPA call runs, which
     PyTorch serves with its flash kernel: memory O(L), the whole hour-long case included.
-    Otherwise queries go `TORCH_QUERY_CHUNK` at a time over only the keys their band can
-    reach, so the boolean mask (which forces the math kernel) is O(chunk * keys), not O(L^2).
+    Otherwise `banded_sdpa` runs, `TORCH_QUERY_CHUNK` queries at a time over the keys their
+    band can reach.
     Returns `[B, L, H*Dh]` with rows past each item's length zero.
     """
     batch, heads, length, head_dim = q.shape
@@ -226,20 +266,10 @@ def attention_torch(
         return out.transpose(1, 2).reshape(batch, length, heads * head_dim)
     if lengths is None:
         lengths = torch.full((batch,), length, dtype=torch.int64, device=q.device)
-    key_ok = (positions.view(1, -1) < lengths.view(-1, 1)).view(batch, 1, 1, length)
-    chunks = []
-    for a0 in range(0, length, TORCH_QUERY_CHUNK):
-        a1 = min(length, a0 + TORCH_QUERY_CHUNK)
-        k0, k1 = max(0, a0 - before), min(length, a1 + after)
-        delta = positions[a0:a1].view(-1, 1) - positions[k0:k1].view(1, -1)
-        mask = key_ok[..., k0:k1] & (delta <= before) & (delta >= -after)
-        chunks.append(
-            F.scaled_dot_product_attention(q[:, :, a0:a1], k[:, :, k0:k1], v[:, :, k0:k1], mask)
-        )
-    out = torch.cat(chunks, dim=2)
-    # Rows past an item's end may be NaN (no visible key): select zeros, do not multiply.
-    query_ok = (positions.view(1, -1) < lengths.view(-1, 1)).view(batch, 1, length, 1)
-    out = torch.where(query_ok, out, out.new_zeros(()))
+    key_ok = positions.view(1, -1) < lengths.view(-1, 1)
+    out = banded_sdpa(q, k, v, key_ok, before, after)
+    # Rows past an item's end are discarded: select zeros, do not multiply.
+    out = torch.where(key_ok.view(batch, 1, length, 1), out, out.new_zeros(()))
     return out.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
 
