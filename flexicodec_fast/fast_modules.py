@@ -21,10 +21,28 @@ from .kernels.attention import attention, banded_sdpa
 from .reference.sensevoice import PROMPT_ROWS, SenseVoiceEncoder, sinusoidal_position_encoding
 from .reference.transformer import ProjectedTransformer
 
+ROW_CHUNK = 4096
+
 
 def _valid_rows(length: int, lengths: torch.Tensor, device) -> torch.Tensor:
     """`[B, L, 1]` bool: position < item length."""
     return (torch.arange(length, device=device).view(1, -1) < lengths.view(-1, 1)).unsqueeze(-1)
+
+
+def _row_blocks(length: int) -> list[slice]:
+    """Position slices of at most `ROW_CHUNK`. The row-wise layers (norms, projections,
+    feed-forward) run one slice at a time, so that their wide intermediates (the
+    feed-forward's are 4x the model width) exist for one slice, not for a whole long input.
+    A row's result does not depend on the slicing."""
+    return [slice(a, min(length, a + ROW_CHUNK)) for a in range(0, length, ROW_CHUNK)]
+
+
+def _project_rows(x: torch.Tensor, norm, weight, bias=None) -> torch.Tensor:
+    """`linear(norm(x))` of `[B, L, C]` by position slices, into one `[B, L, out]` tensor."""
+    out = x.new_empty(*x.shape[:2], weight.shape[0])
+    for rows in _row_blocks(x.shape[1]):
+        out[:, rows] = F.linear(norm(x[:, rows]), weight, bias)
+    return out
 
 
 class FastTransformer:
@@ -62,19 +80,19 @@ class FastTransformer:
         attention_args = self._band(x.shape[1], window)
         if lengths is not None and bool((lengths >= x.shape[1]).all()):
             lengths = None
-        if module.input_proj is not None:
-            x = F.linear(x, module.input_proj.weight)
+        # x is updated in place below: it must be a tensor of our own.
+        x = x.clone() if module.input_proj is None else F.linear(x, module.input_proj.weight)
         for layer in module.transformer.layers:
             attn = layer.self_attn
-            h = layer.norm1(x)
-            q, k, v = rearrange(
-                F.linear(h, attn.in_proj_weight), "b l (p h d) -> p b h l d", p=3, h=attn.num_heads
-            )
+            qkv = _project_rows(x, layer.norm1, attn.in_proj_weight)
+            q, k, v = rearrange(qkv, "b l (p h d) -> p b h l d", p=3, h=attn.num_heads)
             a = attention(q, k, v, lengths, backend=self.backend, **attention_args)
-            update = F.linear(a, attn.out_proj.weight).mul_(layer.layer_scale_1.scale)
-            x = x + update
-            h = F.gelu(F.linear(layer.norm2(x), layer.linear1.weight))
-            x.add_(F.linear(h, layer.linear2.weight).mul_(layer.layer_scale_2.scale))
+            del qkv, q, k, v
+            for rows in _row_blocks(x.shape[1]):
+                xs = x[:, rows]
+                xs.add_(F.linear(a[:, rows], attn.out_proj.weight).mul_(layer.layer_scale_1.scale))
+                h = F.gelu(F.linear(layer.norm2(xs), layer.linear1.weight))
+                xs.add_(F.linear(h, layer.linear2.weight).mul_(layer.layer_scale_2.scale))
         x = module.output_projs[0](x)
         if lengths is not None:
             x = x.masked_fill(~_valid_rows(x.shape[1], lengths, x.device), 0.0)
@@ -89,9 +107,11 @@ class FastSenseVoice:
         self.module = module
 
     def _attention(self, block, x, mask, window) -> torch.Tensor:
+        """The block's attention branch plus its residual (when it has one), `[B, L, D]`."""
         sanm = block.self_attn
-        q, k, v = sanm.linear_q_k_v(x).chunk(3, dim=-1)
-        memory = sanm.fsmn(v, mask)
+        qkv = _project_rows(x, block.norm1, sanm.linear_q_k_v.weight, sanm.linear_q_k_v.bias)
+        q, k, v = qkv.chunk(3, dim=-1)
+        out = sanm.fsmn(v, mask)
         q, k, vh = (rearrange(t, "b l (h d) -> b h l d", h=sanm.heads) for t in (q, k, v))
         if window is None:
             keys = None if mask is None else (mask[:, None, None, :] > 0)
@@ -100,7 +120,14 @@ class FastSenseVoice:
             a = banded_attention(
                 q, k, vh, None if mask is None else mask > 0, window, len(PROMPT_ROWS)
             )
-        return sanm.linear_out(rearrange(a, "b h l d -> b l (h d)")).add_(memory)
+        del qkv, q, k, v, vh
+        a = rearrange(a, "b h l d -> b l (h d)")
+        for rows in _row_blocks(x.shape[1]):
+            memory = out[:, rows]
+            torch.add(sanm.linear_out(a[:, rows]), memory, out=memory)
+            if block.residual:
+                memory.add_(x[:, rows])
+        return out
 
     def __call__(
         self, feats: torch.Tensor, feat_lens: torch.Tensor, window: int | None = None
@@ -122,9 +149,10 @@ class FastSenseVoice:
             positions = torch.arange(n_prompt + length, device=feats.device)
             mask = (positions[None, :] < (feat_lens + n_prompt)[:, None]).to(x.dtype)
         for block in (*module.encoder.encoders0, *module.encoder.encoders):
-            attn = self._attention(block, block.norm1(x), mask, window)
-            x = attn.add_(x) if block.residual else attn
-            x = x + block.feed_forward(block.norm2(x))
+            x = self._attention(block, x, mask, window)
+            for rows in _row_blocks(x.shape[1]):
+                xs = x[:, rows]
+                xs.add_(block.feed_forward(block.norm2(xs)))
         out = module.encoder.after_norm(x)[:, n_prompt:]
         if mask is not None:
             out = out * mask[:, n_prompt:, None]

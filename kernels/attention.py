@@ -38,6 +38,7 @@ HEAD_DIMS = (16, 32, 64, 128)
 PRECISIONS = ("ieee", "tf32")
 NUM_STAGES = 2
 TORCH_QUERY_CHUNK = 256
+ROPE_CHUNK = 2048
 LOG2_E = 1.4426950408889634
 
 
@@ -212,6 +213,7 @@ def banded_sdpa(
     after: int,
     global_rows: int = 0,
     chunk: int = TORCH_QUERY_CHUNK,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention `[B, H, L, Dh]` x3 -> `[B, H, L, Dh]` where query t sees key s iff
     `t - before <= s <= t + after` and `key_valid[b, s]` (`[B, L]` bool), in O(L * band):
@@ -220,13 +222,17 @@ def banded_sdpa(
 
     The first `global_rows` positions are global (every query sees them, they see every
     valid key). Every query also sees itself, so a row past an item's end stays finite; such
-    rows never reach a valid row, whose band excludes invalid keys."""
+    rows never reach a valid row, whose band excludes invalid keys.
+
+    out: where to write the result (any strides, e.g. a transposed view of a `[B, L, H, Dh]`
+    buffer, so that callers need no layout copy); allocated when None."""
     length = q.shape[2]
     positions = torch.arange(length, device=q.device)
-    chunks = []
+    if out is None:
+        out = q.new_empty(q.shape[:3] + v.shape[3:])
     if global_rows:
         mask = key_valid[:, None, None, :]
-        chunks.append(F.scaled_dot_product_attention(q[:, :, :global_rows], k, v, mask))
+        out[:, :, :global_rows] = F.scaled_dot_product_attention(q[:, :, :global_rows], k, v, mask)
     for a0 in range(global_rows, length, chunk):
         a1 = min(length, a0 + chunk)
         k0, k1 = max(global_rows, a0 - before), min(length, a1 + after)
@@ -239,8 +245,8 @@ def banded_sdpa(
         delta = positions[a0:a1].view(-1, 1) - keys.view(1, -1)
         visible = ((delta <= before) & (delta >= -after)) | (keys < global_rows)
         visible = (visible & key_valid[:, None, None, keys]) | (delta == 0)
-        chunks.append(F.scaled_dot_product_attention(q[:, :, a0:a1], kc, vc, visible))
-    return torch.cat(chunks, dim=2)
+        out[:, :, a0:a1] = F.scaled_dot_product_attention(q[:, :, a0:a1], kc, vc, visible)
+    return out
 
 
 def attention_torch(
@@ -256,7 +262,7 @@ def attention_torch(
     """
     batch, heads, length, head_dim = q.shape
     cos, sin = rope_tables(length, head_dim, max_period, device=q.device)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k = _rope_in_chunks(q, cos, sin), _rope_in_chunks(k, cos, sin)
     positions = torch.arange(length, device=q.device)
     if lengths is not None and bool((lengths >= length).all()):
         lengths = None
@@ -267,10 +273,22 @@ def attention_torch(
     if lengths is None:
         lengths = torch.full((batch,), length, dtype=torch.int64, device=q.device)
     key_ok = positions.view(1, -1) < lengths.view(-1, 1)
-    out = banded_sdpa(q, k, v, key_ok, before, after)
+    out = q.new_empty(batch, length, heads, head_dim)
+    banded_sdpa(q, k, v, key_ok, before, after, out=out.transpose(1, 2))
     # Rows past an item's end are discarded: select zeros, do not multiply.
-    out = torch.where(key_ok.view(batch, 1, length, 1), out, out.new_zeros(()))
-    return out.transpose(1, 2).reshape(batch, length, heads * head_dim)
+    out.masked_fill_(~key_ok.view(batch, length, 1, 1), 0.0)
+    return out.view(batch, length, heads * head_dim)
+
+
+def _rope_in_chunks(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` of `[B, H, L, Dh]` over `ROPE_CHUNK`-position slices into one output:
+    the same values, but its temporaries (together more than twice the size of x) exist for
+    one slice at a time."""
+    out = torch.empty_like(x)
+    for a0 in range(0, x.shape[2], ROPE_CHUNK):
+        a1 = a0 + ROPE_CHUNK
+        out[:, :, a0:a1] = apply_rope(x[:, :, a0:a1], cos[a0:a1], sin[a0:a1])
+    return out
 
 
 def launch_config(head_dim: int, dtype: torch.dtype, fp32_precision: str) -> tuple[int, int, int]:

@@ -132,29 +132,34 @@ def test_bad_model_and_codes(tiny):
         )
 
 
-def test_long_audio_in_chunks_equals_whole(monkeypatch, tiny):
-    """Chunked front-end and DAC stacks (forced tiny chunks) give the whole-sequence codes."""
+@pytest.mark.parametrize("window", [None, 2.0])
+def test_long_audio_in_chunks_equals_whole(monkeypatch, tiny, window):
+    """Chunked front-end and DAC stacks, and the transformers' and SenseVoice's row-wise
+    layers and RoPE by position slices (all forced tiny), give the whole-sequence codes, in
+    the exact and in the approximate (`attention_window`) mode."""
     import flexicodec_fast.conv_stack as conv_stack
     import flexicodec_fast.fast as fast
+    import flexicodec_fast.fast_modules as fast_modules
+    from flexicodec_fast.kernels import attention as attention_kernel
 
     gen = torch.Generator().manual_seed(11)
     audio = torch.randn(2, 16000 * 6, generator=gen) * torch.linspace(0.05, 0.4, 16000 * 6)
     lens = torch.tensor([16000 * 6, 16000 * 4 + 123])
-    whole = fast_encode(audio, tiny, num_quantizers=3, audio_lens=lens)
-    wav = fast_decode(
-        tiny, whole["semantic_codes"], whole["acoustic_codes"], whole["token_lengths"]
-    )
+    options = dict(num_quantizers=3, audio_lens=lens, attention_window=window)
+    whole = fast_encode(audio, tiny, **options)
+    codes = (whole["semantic_codes"], whole["acoustic_codes"], whole["token_lengths"])
+    wav = fast_decode(tiny, *codes, attention_window=window)
     monkeypatch.setattr(conv_stack, "CHUNK_FRAMES", 4)
     monkeypatch.setattr(fast, "FBANK_CHUNK_FRAMES", 97)
-    chunked = fast_encode(audio, tiny, num_quantizers=3, audio_lens=lens)
+    monkeypatch.setattr(fast_modules, "ROW_CHUNK", 13)
+    monkeypatch.setattr(attention_kernel, "ROPE_CHUNK", 11)
+    chunked = fast_encode(audio, tiny, **options)
     for key in ("token_lengths", "semantic_codes", "acoustic_codes"):
         assert torch.equal(chunked[key], whole[key]), key
     torch.testing.assert_close(
         chunked["semantic_features"], whole["semantic_features"], rtol=0, atol=1e-5
     )
-    wav_chunked = fast_decode(
-        tiny, chunked["semantic_codes"], chunked["acoustic_codes"], chunked["token_lengths"]
-    )
+    wav_chunked = fast_decode(tiny, *codes, attention_window=window)
     torch.testing.assert_close(wav_chunked, wav, rtol=1e-5, atol=1e-5)
 
 

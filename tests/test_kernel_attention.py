@@ -137,6 +137,16 @@ def test_torch_path_chunked_over_long_sequences(pattern):
     _assert_fp32_close(attention(q, k, v, lengths, backend="torch", **PATTERNS[pattern]), ref)
 
 
+def test_rope_by_position_slices_changes_nothing(monkeypatch):
+    # The torch path rotates q and k ROPE_CHUNK positions at a time (bounded temporaries on
+    # long inputs); RoPE is element-wise, so any slicing gives the same bits.
+    q, k, v = _qkv(2, 2, 90, 16, seed=9)
+    lengths = torch.tensor([90, 61])
+    whole = attention(q, k, v, lengths, backend="torch", window=4)
+    monkeypatch.setattr(attention_mod, "ROPE_CHUNK", 7)
+    assert torch.equal(attention(q, k, v, lengths, backend="torch", window=4), whole)
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_batch_invariant(backend):
     q, k, v = _qkv(3, 2, 30, 32, seed=6)
