@@ -65,6 +65,7 @@ MEMORY_BOUND_OPS = (
     "flexicodec_fast::unmerge",
     "flexicodec_fast::snake",
     "flexicodec_fast::snake_",
+    "flexicodec_fast::snake_into",
 )
 _DTYPE_BYTES = {
     "float": 4,
@@ -313,7 +314,7 @@ def _floor_bytes(name: str, shapes: list, dtypes: list, concrete: list) -> int |
     if not shapes or not shapes[0]:
         return None
     size = _DTYPE_BYTES.get(dtypes[0] if dtypes else "", 4)
-    if name in ("flexicodec_fast::snake", "flexicodec_fast::snake_"):
+    if name in ("flexicodec_fast::snake", "flexicodec_fast::snake_", "flexicodec_fast::snake_into"):
         return 2 * _numel(shapes[0]) * size
     if name == "flexicodec_fast::unmerge":
         batch, groups, dim = shapes[0]

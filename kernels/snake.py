@@ -285,18 +285,51 @@ def _backward(ctx, grad):
 _snake_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("flexicodec_fast::snake_", mutates_args=("x",))
-def _snake_inplace_op(x: torch.Tensor, alpha: torch.Tensor, backend: str) -> None:
+@torch.library.custom_op("flexicodec_fast::snake_", mutates_args=("x", "scratch"))
+def _snake_inplace_op(
+    x: torch.Tensor, alpha: torch.Tensor, scratch: torch.Tensor | None, backend: str
+) -> None:
     if select_backend(backend, x.device) == "triton":
         _launch_forward(x, alpha, out=x)
     else:
         inv = (alpha + 1e-9).reciprocal()
-        x.add_((alpha * x).sin_().pow_(2).mul_(inv))
+        u = alpha * x if scratch is None else torch.mul(alpha, x, out=scratch)
+        x.add_(u.sin_().pow_(2).mul_(inv))
 
 
-def snake_(x: torch.Tensor, alpha: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+@torch.library.custom_op("flexicodec_fast::snake_into", mutates_args=("out",))
+def _snake_into_op(x: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor, backend: str) -> None:
+    if select_backend(backend, x.device) == "triton":
+        _check_inner_contiguous(out=out)
+        _launch_forward(x, alpha, out=out)
+    else:
+        snake_torch(x, alpha, out=out)
+
+
+def _check_buffer(name: str, buffer: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor):
+    """A caller's buffer for Snake of x: x's shape and device, the result's dtype, and
+    sharing no memory with x (the torch path reads x after writing the buffer)."""
+    dtype = torch.promote_types(x.dtype, alpha.dtype)
+    if buffer.shape != x.shape or buffer.dtype != dtype or buffer.device != x.device:
+        raise ValueError(
+            f"{name}: expected {tuple(x.shape)} {dtype} on {x.device}, got "
+            f"{tuple(buffer.shape)} {buffer.dtype} on {buffer.device}"
+        )
+    if buffer.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        raise ValueError(f"{name}: must not share memory with x")
+
+
+def snake_(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    *,
+    scratch: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     """In-place Snake for inference: overwrites and returns `x` (`[B, C, N]`, alpha's dtype
-    or wider). Same values as `snake`; not differentiable."""
+    or wider). Same values as `snake`; not differentiable. scratch: a buffer of x's shape
+    that the torch path uses for its one temporary (allocated when None), so that loops over
+    same-shaped activations touch no fresh pages; its contents are overwritten."""
     _check(x, alpha)
     select_backend(backend, x.device)
     if torch.promote_types(x.dtype, alpha.dtype) != x.dtype:
@@ -304,8 +337,23 @@ def snake_(x: torch.Tensor, alpha: torch.Tensor, *, backend: str = "auto") -> to
             f"snake_ writes into x: x's dtype {x.dtype} cannot hold the result of "
             f"alpha's {alpha.dtype}; use snake()"
         )
-    _snake_inplace_op(x, alpha, backend)
+    if scratch is not None:
+        _check_buffer("scratch", scratch, x, alpha)
+    _snake_inplace_op(x, alpha, scratch, backend)
     return x
+
+
+def snake_into(
+    x: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor, *, backend: str = "auto"
+) -> torch.Tensor:
+    """Snake of x (`[B, C, N]`) written into the caller's `out` (x's shape, the result's
+    dtype, any strides with a unit-stride last dim on the Triton path) and returned: for
+    inference loops that reuse one buffer. Same values as `snake`; not differentiable."""
+    _check(x, alpha)
+    select_backend(backend, x.device)
+    _check_buffer("out", out, x, alpha)
+    _snake_into_op(x, alpha, out, backend)
+    return out
 
 
 def snake(x: torch.Tensor, alpha: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from flexicodec_fast.kernels import snake as snake_mod
-from flexicodec_fast.kernels.snake import snake, snake_backward, snake_torch
+from flexicodec_fast.kernels.snake import snake, snake_, snake_backward, snake_into, snake_torch
 from flexicodec_fast.reference.snake import snake as reference_snake
 
 SHAPES = [(1, 1, 1), (2, 3, 7), (1, 2, 1023), (2, 2, 2100), (3, 1, 1024)]
@@ -110,6 +110,46 @@ def test_non_contiguous_outer_strides():
     assert torch.equal(out, _snake_numpy_sin(view.contiguous(), alpha))
 
 
+@pytest.mark.parametrize(
+    "backend, channels_last", [("torch", False), ("torch", True), ("triton", False)]
+)
+def test_inplace_and_into_buffer_variants(backend, channels_last):
+    """`snake_` (with and without a scratch buffer) and `snake_into` compute what `snake`
+    computes, bit for bit, on rows of unit stride and (torch path) on the conv stacks'
+    channels-last activations."""
+    x, alpha = _inputs((2, 3, 300), seed=3)
+    if channels_last:
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    want = snake(x, alpha, backend=backend)
+    scratch, out = torch.empty_like(x), torch.empty_like(x)
+    assert torch.equal(snake_(x.clone(), alpha, backend=backend), want)
+    inplace = snake_(x.clone(), alpha, scratch=scratch, backend=backend)
+    assert torch.equal(inplace, want)
+    assert snake_into(x, alpha, out, backend=backend) is out
+    assert torch.equal(out, want)
+
+
+def test_buffer_errors():
+    x, alpha = _inputs((2, 3, 10))
+    with pytest.raises(ValueError, match=r"scratch: expected \(2, 3, 10\) torch.float32"):
+        snake_(x, alpha, scratch=torch.empty(2, 3, 9))
+    with pytest.raises(ValueError, match="out: must not share memory with x"):
+        snake_into(x, alpha, x)
+    with pytest.raises(
+        ValueError,
+        match=r"expected \(2, 3, 10\) torch.float32 on cpu, got \(2, 3, 10\) torch.float16",
+    ):
+        snake_into(x, alpha, x.half())
+    strided = torch.empty(2, 10, 3).transpose(1, 2)
+    with pytest.raises(ValueError, match="out must have a contiguous last dimension"):
+        snake_into(x, alpha, strided, backend="triton")
+    half = x.half()
+    before = half.clone()
+    with pytest.raises(TypeError, match="snake_ writes into x"):
+        snake_(half, alpha)
+    assert torch.equal(half, before)  # nothing half-written
+
+
 def _autograd_reference(x, alpha, grad):
     xr, ar = x.clone().requires_grad_(), alpha.clone().requires_grad_()
     reference_snake(xr, ar).backward(grad)
@@ -160,6 +200,13 @@ def test_empty_and_opcheck():
         (x, alpha, "torch"),
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
     )
+    x = x.detach()
+    for op, args in (
+        (torch.ops.flexicodec_fast.snake_.default, (x.clone(), alpha, torch.empty_like(x))),
+        (torch.ops.flexicodec_fast.snake_.default, (x.clone(), alpha, None)),
+        (torch.ops.flexicodec_fast.snake_into.default, (x, alpha, torch.empty_like(x))),
+    ):
+        torch.library.opcheck(op, (*args, "torch"), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_compiles_with_torch_compile():
