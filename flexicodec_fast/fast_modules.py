@@ -38,10 +38,14 @@ def _row_blocks(length: int) -> list[slice]:
 
 
 def _project_rows(x: torch.Tensor, norm, weight, bias=None) -> torch.Tensor:
-    """`linear(norm(x))` of `[B, L, C]` by position slices, into one `[B, L, out]` tensor."""
-    out = x.new_empty(*x.shape[:2], weight.shape[0])
+    """`linear(norm(x))` of `[B, L, C]` by position slices, into one `[B, L, out]` tensor of
+    the dtype `linear` gives (bf16 under the bf16 mode's autocast)."""
+    out = None
     for rows in _row_blocks(x.shape[1]):
-        out[:, rows] = F.linear(norm(x[:, rows]), weight, bias)
+        block = F.linear(norm(x[:, rows]), weight, bias)
+        if out is None:
+            out = block.new_empty(*x.shape[:2], weight.shape[0])
+        out[:, rows] = block
     return out
 
 
@@ -111,7 +115,7 @@ class FastSenseVoice:
         sanm = block.self_attn
         qkv = _project_rows(x, block.norm1, sanm.linear_q_k_v.weight, sanm.linear_q_k_v.bias)
         q, k, v = qkv.chunk(3, dim=-1)
-        out = sanm.fsmn(v, mask)
+        memory = sanm.fsmn(v, mask)
         q, k, vh = (rearrange(t, "b l (h d) -> b h l d", h=sanm.heads) for t in (q, k, v))
         if window is None:
             keys = None if mask is None else (mask[:, None, None, :] > 0)
@@ -122,11 +126,15 @@ class FastSenseVoice:
             )
         del qkv, q, k, v, vh
         a = rearrange(a, "b h l d -> b l (h d)")
+        out = None
         for rows in _row_blocks(x.shape[1]):
-            memory = out[:, rows]
-            torch.add(sanm.linear_out(a[:, rows]), memory, out=memory)
+            # In linear_out's dtype (bf16 under autocast), as the unsliced expression is.
+            branch = sanm.linear_out(a[:, rows]).add_(memory[:, rows])
             if block.residual:
-                memory.add_(x[:, rows])
+                branch.add_(x[:, rows])
+            if out is None:
+                out = branch.new_empty(*x.shape[:2], branch.shape[-1])
+            out[:, rows] = branch
         return out
 
     def __call__(
