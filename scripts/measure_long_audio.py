@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,13 @@ from pathlib import Path
 
 
 def _peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process image's peak RSS: VmHWM, which starts afresh at exec. (`ru_maxrss`
+    does not: Linux carries it over from the parent across fork and exec, so a parent that
+    once held the clip's float64 maths would set the child's number.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _frame_codes(enc: dict):
