@@ -365,9 +365,9 @@ def test_builtin_recipe_configs_parse_and_continue_each_other():
     its phases share one architecture (each initialises from the previous one's weights)."""
     phases = [
         load_train_config(REPO / "scripts" / "builtin" / f"{n}.yaml")
-        for n in ("phase1", "phase2", "phase2b", "phase2c", "phase2d")
+        for n in ("phase1", "phase2", "phase2b", "phase2c", "phase2d", "phase2e")
     ]
-    assert [p.training.phase for p in phases] == [1, 2, 2, 2, 2]
+    assert [p.training.phase for p in phases] == [1, 2, 2, 2, 2, 2]
     assert all(p.training.discriminator_start > p.training.max_steps for p in phases[2:])
     bundled = yaml.safe_load(
         (REPO / "flexicodec_fast" / "assets" / "builtin" / "config.yaml").read_text()
