@@ -37,16 +37,22 @@ def _row_blocks(length: int) -> list[slice]:
     return [slice(a, min(length, a + ROW_CHUNK)) for a in range(0, length, ROW_CHUNK)]
 
 
-def _project_rows(x: torch.Tensor, norm, weight, bias=None) -> torch.Tensor:
-    """`linear(norm(x))` of `[B, L, C]` by position slices, into one `[B, L, out]` tensor of
-    the dtype `linear` gives (bf16 under the bf16 mode's autocast)."""
+def _by_rows(x: torch.Tensor, fn) -> torch.Tensor:
+    """`fn(rows)` -> `[B, len(rows), n]` for each position slice of x `[B, L, ...]`, gathered
+    into one `[B, L, n]` tensor of the dtype fn gives (bf16 under the bf16 mode's autocast,
+    as the unsliced expression would be)."""
     out = None
     for rows in _row_blocks(x.shape[1]):
-        block = F.linear(norm(x[:, rows]), weight, bias)
+        block = fn(rows)
         if out is None:
-            out = block.new_empty(*x.shape[:2], weight.shape[0])
+            out = block.new_empty(*x.shape[:2], block.shape[-1])
         out[:, rows] = block
     return out
+
+
+def _project_rows(x: torch.Tensor, norm, weight, bias=None) -> torch.Tensor:
+    """`linear(norm(x))` of `[B, L, C]` by position slices, `[B, L, out]`."""
+    return _by_rows(x, lambda rows: F.linear(norm(x[:, rows]), weight, bias))
 
 
 class FastTransformer:
@@ -126,16 +132,12 @@ class FastSenseVoice:
             )
         del qkv, q, k, v, vh
         a = rearrange(a, "b h l d -> b l (h d)")
-        out = None
-        for rows in _row_blocks(x.shape[1]):
-            # In linear_out's dtype (bf16 under autocast), as the unsliced expression is.
-            branch = sanm.linear_out(a[:, rows]).add_(memory[:, rows])
-            if block.residual:
-                branch.add_(x[:, rows])
-            if out is None:
-                out = branch.new_empty(*x.shape[:2], branch.shape[-1])
-            out[:, rows] = branch
-        return out
+
+        def branch(rows):
+            y = sanm.linear_out(a[:, rows]).add_(memory[:, rows])
+            return y.add_(x[:, rows]) if block.residual else y
+
+        return _by_rows(x, branch)
 
     def __call__(
         self, feats: torch.Tensor, feat_lens: torch.Tensor, window: int | None = None

@@ -161,10 +161,15 @@ def snake_torch(
     Each in-place step is the reference's operation with its operands swapped, which does not
     change a single bit (products and sums of two floats commute).
     """
+    return _snake_term(x, alpha, out).add_(x)
+
+
+def _snake_term(x: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """`sin(alpha x)^2 / (alpha + 1e-9)`, the part of Snake added to x, computed in place in
+    `out` (or a new tensor)."""
     inv = (alpha + 1e-9).reciprocal()
     y = torch.mul(alpha, x, out=out) if out is not None else alpha * x
-    y.sin_().pow_(2).mul_(inv)
-    return y.add_(x)
+    return y.sin_().pow_(2).mul_(inv)
 
 
 def snake_backward_torch(grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor):
@@ -292,9 +297,7 @@ def _snake_inplace_op(
     if select_backend(backend, x.device) == "triton":
         _launch_forward(x, alpha, out=x)
     else:
-        inv = (alpha + 1e-9).reciprocal()
-        u = alpha * x if scratch is None else torch.mul(alpha, x, out=scratch)
-        x.add_(u.sin_().pow_(2).mul_(inv))
+        x.add_(_snake_term(x, alpha, scratch))
 
 
 @torch.library.custom_op("flexicodec_fast::snake_into", mutates_args=("out",))

@@ -91,12 +91,14 @@ def _model(builtin: bool):
 def child(clip: Path, threads: int, window, compare: bool, builtin: bool) -> dict:
     import torch
 
+    from flexicodec_fast.profiling import SAMPLE_RATE
+
     torch.set_num_threads(threads)
     model = _model(builtin)
     model_peak = _peak_gib()
     samples = clip.stat().st_size // 4
     audio = torch.from_file(str(clip), size=samples, dtype=torch.float32)[None]
-    seconds = samples / 16000
+    seconds = samples / SAMPLE_RATE
     threshold = None
     if compare:
         # The approximate run merges at the exact run's threshold, so the comparison shows
