@@ -603,6 +603,13 @@ def run_profile(
 
     run(lambda _name: contextlib.nullcontext())
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    # The profiler imports modules of its own the first time it runs. With `with_stack` its
+    # Python tracer keeps raw pointers to the code objects it sees and reads their names only
+    # when the events are parsed; a module body run inside the profiled region is freed by
+    # then, and its name may read back as bytes that are not text (torch then raises
+    # UnicodeDecodeError, now and then). An empty profile first does those imports.
+    with profile(activities=activities, with_stack=True), record_function("warm-up"):
+        pass
     sampler = NvmlSampler(device.index or 0) if on_cuda else None
     with sampler or contextlib.nullcontext():
         with profile(activities=activities, record_shapes=True, with_stack=True) as prof:

@@ -211,3 +211,43 @@ def test_cli_profile_static_uses_the_static_report(monkeypatch, capsys):
     assert capsys.readouterr().out.strip() == "TABLE 1"
     assert _cli(["profile", "--static", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == rows
+
+
+_IMPORTS_WHILE_PROFILING = """
+import sys
+import torch.profiler
+from flexicodec_fast import profiling
+from flexicodec_fast.tiny import random_tiny_model
+
+imported = []
+
+class Watched(torch.profiler.profile):
+    def __enter__(self):
+        self.modules = set(sys.modules)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        if self.record_shapes:
+            imported.extend(sorted(set(sys.modules) - self.modules))
+        return super().__exit__(*exc)
+
+torch.profiler.profile = Watched
+profiling.run_profile(random_tiny_model(seed=0), seconds=1.0, out_dir=sys.argv[1], device="cpu")
+print(imported)
+"""
+
+
+def test_nothing_is_imported_inside_the_profiled_region(tmp_path):
+    """A module imported while the stack-recording profiler runs leaves a dangling code
+    object behind, which made the profile fail now and then with UnicodeDecodeError. A fresh
+    interpreter, because the profiler's own modules are imported only once per process."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_WHILE_PROFILING, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
