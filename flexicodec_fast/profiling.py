@@ -54,6 +54,8 @@ PARTS = (
 OTHER = "other"
 PYTHON_OP = "<python>"  # self time of Python frames (interpreter work between ops)
 
+# Snake's out-of-place, in-place and into-a-buffer forms: one read and one write each.
+SNAKE_OPS = ("flexicodec_fast::snake", "flexicodec_fast::snake_", "flexicodec_fast::snake_into")
 # Fused ops whose cost is moving memory: bandwidth is reported for these.
 MEMORY_BOUND_OPS = (
     "flexicodec_fast::merge_segment",
@@ -63,9 +65,7 @@ MEMORY_BOUND_OPS = (
     "flexicodec_fast::fsq",
     "flexicodec_fast::fsq_decode",
     "flexicodec_fast::unmerge",
-    "flexicodec_fast::snake",
-    "flexicodec_fast::snake_",
-    "flexicodec_fast::snake_into",
+    *SNAKE_OPS,
 )
 _DTYPE_BYTES = {
     "float": 4,
@@ -314,7 +314,7 @@ def _floor_bytes(name: str, shapes: list, dtypes: list, concrete: list) -> int |
     if not shapes or not shapes[0]:
         return None
     size = _DTYPE_BYTES.get(dtypes[0] if dtypes else "", 4)
-    if name in ("flexicodec_fast::snake", "flexicodec_fast::snake_", "flexicodec_fast::snake_into"):
+    if name in SNAKE_OPS:
         return 2 * _numel(shapes[0]) * size
     if name == "flexicodec_fast::unmerge":
         batch, groups, dim = shapes[0]
