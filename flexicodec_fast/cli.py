@@ -11,6 +11,10 @@ from pathlib import Path
 
 JSON_METADATA = ("thresholds", "audio_lengths", "sources", "sample_rate", "attention_window")
 DEMO_CLIP = Path(__file__).resolve().parent / "assets" / "demo.wav"
+BUILTIN_SOURCE = (
+    "built-in default model (a small model trained briefly on synthetic espeak-ng speech; "
+    "see docs/builtin_model.md for its quality)"
+)
 
 
 def _load_model(args, allow_random: bool = False):
@@ -25,10 +29,7 @@ def _load_model(args, allow_random: bool = False):
             args.checkpoint, args.config, args.sensevoice, args.device
         ), "checkpoint"
     try:
-        return prepare_model(device=args.device), (
-            "built-in default model (a small model trained briefly on synthetic espeak-ng "
-            "speech; see docs/builtin_model.md for its quality)"
-        )
+        return prepare_model(device=args.device), BUILTIN_SOURCE
     except CheckpointError:
         if not allow_random:
             raise
@@ -75,7 +76,24 @@ def cmd_demo(args) -> int:
     print(f"precision {args.precision}, {mode}")
     print(f"encode {encoded - start:.3f} s, decode {done - encoded:.3f} s")
     print(f"decoded audio: {out_wav}")
+    if source == BUILTIN_SOURCE:
+        _print_heard(audio, decoded[0].cpu())
     return 0
+
+
+def _print_heard(audio, decoded) -> None:
+    """What the bundled phoneme recogniser (the built-in model's frozen semantic encoder with
+    its CTC read-out, trained on the same espeak-ng speech) hears in the input and in the
+    decoded audio (16 kHz `[1, N]` each), and their phoneme error rate: a listening check
+    that needs no ears."""
+    from .asr.recognizer import edit_distance, load_recognizer
+
+    recognizer = load_recognizer()
+    (heard_in,), (heard_out,) = recognizer.transcribe(audio), recognizer.transcribe(decoded)
+    errors = edit_distance(heard_in, heard_out) / max(len(heard_in), 1)
+    print(f"recogniser hears in the input:   {' '.join(heard_in)}")
+    print(f"recogniser hears in the decoded: {' '.join(heard_out)}")
+    print(f"decoded vs input: {errors:.1%} phoneme error rate ({len(heard_in)} phonemes)")
 
 
 def _print_report(report, what: str) -> int:

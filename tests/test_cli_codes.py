@@ -1,6 +1,7 @@
 """CLI round trips, resumable jobs, codes files and their validation."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -8,7 +9,8 @@ import soundfile as sf
 import torch
 
 import flexicodec_fast as ff
-from flexicodec_fast.cli import main
+from flexicodec_fast.asr.recognizer import load_recognizer
+from flexicodec_fast.cli import DEMO_CLIP, main
 from flexicodec_fast.codes_file import SUFFIX, load_codes, save_codes
 from flexicodec_fast.fast import fast_encode
 
@@ -234,6 +236,14 @@ def test_demo_runs_on_the_builtin_model(tmp_path, capsys):
     assert "built-in default model" in out and "average frame rate" in out
     audio, sr = sf.read(str(tmp_path / "decoded.wav"))
     assert sr == 16000 and audio.ndim == 1 and audio.size > 0
+    # The listening check: what the bundled recogniser hears in the demo clip itself, and a
+    # phoneme error rate of the decoded audio against it within [0, inf).
+    clip, _ = sf.read(str(DEMO_CLIP), dtype="float32")
+    (heard,) = load_recognizer().transcribe(torch.from_numpy(clip)[None])
+    assert f"recogniser hears in the input:   {' '.join(heard)}\n" in out
+    assert re.search(
+        rf"decoded vs input: \d+\.\d% phoneme error rate \({len(heard)} phonemes\)", out
+    )
 
 
 def test_demo_without_builtin_model_says_the_model_is_random(tmp_path, capsys, monkeypatch):
@@ -241,4 +251,5 @@ def test_demo_without_builtin_model_says_the_model_is_random(tmp_path, capsys, m
 
     monkeypatch.setattr(loading, "BUILTIN_DIR", tmp_path / "none")
     assert main(["demo", "--out", str(tmp_path)]) == 0
-    assert "RANDOMLY INITIALISED" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "RANDOMLY INITIALISED" in out and "recogniser hears" not in out
