@@ -16,6 +16,7 @@ from flexicodec_fast.asr import (
     PhonemeRecognizer,
     ctc_greedy_decode,
     edit_distance,
+    identification_rate,
     load_recognizer,
     phoneme_error_rate,
     save_recognizer,
@@ -103,6 +104,20 @@ def test_edit_distance_and_per():
         phoneme_error_rate(refs, [["a"]])
     with pytest.raises(InputError, match="refs"):
         phoneme_error_rate([[]], [["a"]])
+
+
+def test_identification_rate_needs_the_own_sentence_strictly_nearest():
+    refs = [["a", "b", "c", "d"], ["a", "b", "x", "y"], ["q", "r"]]
+    # Distances over reference length: item 0 is nearest its own sentence (1/4 against 2/4
+    # and 3/2); item 1 ties (2/4 and 2/4), a miss; item 2 is half wrong yet nearest its own
+    # (1/2 against 4/4 and 4/4).
+    hyps = [["a", "b", "c"], ["a", "b"], ["q", "t"]]
+    assert identification_rate(refs, hyps) == pytest.approx(2 / 3)
+    assert identification_rate(refs, refs) == 1.0
+    with pytest.raises(InputError, match="hyps"):
+        identification_rate(refs, hyps[:2])
+    with pytest.raises(InputError, match="refs"):
+        identification_rate([["a"], []], [["a"], ["b"]])
 
 
 def test_save_load_round_trip(tmp_path):

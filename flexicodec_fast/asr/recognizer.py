@@ -150,6 +150,22 @@ def phoneme_error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> fl
     return sum(edit_distance(r, h) for r, h in zip(refs, hyps, strict=True)) / total
 
 
+def identification_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:
+    """Closed-set sentence identification: the fraction of hypotheses whose own reference is
+    strictly the nearest of all `refs` by edit distance over reference length (a tie with
+    another sentence counts as a miss). A far lower bar than a low PER: it asks whether the
+    transcription singles out its sentence among the candidates, not whether it is right."""
+    if len(refs) != len(hyps):
+        raise InputError(f"hyps: expected {len(refs)} sequences (one per ref), got {len(hyps)}")
+    if not refs or any(len(r) == 0 for r in refs):
+        raise InputError("refs: need at least one reference, and no empty one")
+    hits = 0
+    for own, hyp in enumerate(hyps):
+        scores = [edit_distance(r, hyp) / len(r) for r in refs]
+        hits += all(score > scores[own] for i, score in enumerate(scores) if i != own)
+    return hits / len(refs)
+
+
 def save_recognizer(
     model: PhonemeRecognizer,
     out_dir: str | Path,
