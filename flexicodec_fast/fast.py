@@ -225,6 +225,10 @@ def prepare_audio(audio, audio_lens, sample_rate: int, mix_down: bool, device):
                 raise InputError(
                     f"audio_lens: expected an integer tensor [B], got {describe(audio_lens)}"
                 )
+            # The filter reaches past an item's end: what lies there must be the silence a
+            # lone item is padded with, not its batch mates' padding.
+            valid = torch.arange(audio.shape[-1], device=device) < audio_lens.to(device)[:, None]
+            audio = audio.masked_fill(~valid, 0.0)
             audio_lens = torch.tensor(
                 [resampled_length(int(n), sample_rate) for n in audio_lens.tolist()],
                 dtype=torch.long,

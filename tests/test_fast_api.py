@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import flexicodec_fast as ff
-from flexicodec_fast.fast import FastCodec, fast_decode, fast_encode
+from flexicodec_fast.fast import FastCodec, fast_decode, fast_encode, prepare_audio
 from flexicodec_fast.reference.merging import segment
 from flexicodec_fast.resampling import resample, resampled_length
 from flexicodec_fast.tiny import random_tiny_model
@@ -54,6 +54,63 @@ def test_other_sample_rates_and_channels(tiny):
     mixed = fast_encode(stereo, tiny, sample_rate=24000, num_quantizers=2, mix_down=True)
     mono = fast_encode(resample(audio, 24000, 16000), tiny, num_quantizers=2)
     assert torch.equal(mixed["acoustic_codes"], mono["acoustic_codes"])
+
+
+def test_resampling_a_batch_ignores_what_lies_past_each_item():
+    """At other sample rates the filter reaches past an item's end: there a lone item has
+    silence, so a batch must not show it its batch mates' padding."""
+    audio = torch.randn(2, 36000, generator=torch.Generator().manual_seed(2))
+    lens = torch.tensor([36000, 20000])
+    silent = audio.clone()
+    silent[1, 20000:] = 0.0
+    noisy, noisy_lens = prepare_audio(audio, lens, 24000, False, "cpu")
+    quiet, _ = prepare_audio(silent, lens, 24000, False, "cpu")
+    assert torch.equal(noisy, quiet)
+    (single,), n = resample(audio[1, :20000], 24000, 16000)[None], int(noisy_lens[1])
+    assert n == single.numel()
+    torch.testing.assert_close(noisy[1, :n], single, rtol=0, atol=1e-6)
+
+
+def test_options_compose_per_item(tiny):
+    """Stereo 24 kHz input with per-item lengths and garbage padding, mixed down, at a target
+    frame rate, in the approximate attention mode: each item's codes and threshold are those
+    of the item encoded alone with the same options, and in the exact mode the reference
+    model, given the 16 kHz mono item and the chosen threshold, makes the same codes."""
+    gen = torch.Generator().manual_seed(3)
+    audio = torch.randn(2, 2, 36000, generator=gen) * 0.2
+    lens = torch.tensor([36000, 21000])
+    options = dict(sample_rate=24000, num_quantizers=3, mix_down=True, target_frame_rate=8.0)
+    for window in (None, 0.3):
+        batch = fast_encode(audio, tiny, audio_lens=lens, attention_window=window, **options)
+        for b, n in enumerate(lens.tolist()):
+            item = audio[b : b + 1, :, :n]
+            alone = fast_encode(item, tiny, attention_window=window, **options)
+            g = int(alone["total_frames"][0])
+            assert int(batch["total_frames"][b]) == g
+            for key in ("semantic_codes", "acoustic_codes"):
+                assert torch.equal(batch[key][b, :, :g], alone[key][0]), (window, b, key)
+            assert torch.equal(batch["token_lengths"][b, :g], alone["token_lengths"][0])
+            # The threshold is one of the item's similarities, which batching may move by an
+            # ulp (continuous outputs are equal within fp32 tolerance, design §4).
+            assert float(batch["thresholds"][b]) == pytest.approx(
+                float(alone["thresholds"][0]), abs=1e-6
+            )
+            if window is not None:
+                continue
+            # A boundary is `similarity <= threshold`, so the chosen similarity s* keeps the
+            # segmentation for every threshold in [s*, next similarity): the reference runs a
+            # margin above s*, where it cannot tie.
+            chosen = float(alone["thresholds"][0])
+            sims = alone["similarity"][0].double()
+            assert not bool(((sims > chosen) & (sims < chosen + 1e-4)).any())
+            with torch.inference_mode():
+                want = tiny.encode(
+                    resample(item.mean(dim=1), 24000, 16000),
+                    num_quantizers=3,
+                    merging_threshold=chosen + 5e-5,
+                )
+            for key in ("semantic_codes", "acoustic_codes", "token_lengths"):
+                assert torch.equal(alone[key], want[key]), (b, key)
 
 
 def test_target_frame_rate_picks_the_largest_rate_not_above_target(tiny):
