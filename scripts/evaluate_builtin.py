@@ -7,6 +7,9 @@ Reports, on `--num` held-out utterances (made by scripts/make_corpus.py):
 * phoneme error rate (PER) of the recogniser on the original audio and on audio decoded from
   codes, and a log-mel L1 distance, at thresholds 1.0 / 0.95 / 0.91 / 0.85 and several numbers
   of quantizers;
+* closed-set sentence identification: how often the recogniser's transcription of the decoded
+  audio is nearer (edit distance over length) its own sentence than any other of the `--num`
+  (a far lower bar than a low PER);
 * the average frame rate at each threshold and its Pearson correlation, over utterances, with
   the utterance's phoneme rate (phonemes per second);
 * dynamic merging against fixed-rate pooling (every k frames one token) at the same average
@@ -26,7 +29,11 @@ import soundfile as sf
 import torch
 
 from flexicodec_fast import fast_decode, fast_encode, prepare_model
-from flexicodec_fast.asr.recognizer import load_recognizer, phoneme_error_rate
+from flexicodec_fast.asr.recognizer import (
+    identification_rate,
+    load_recognizer,
+    phoneme_error_rate,
+)
 from flexicodec_fast.reference.losses import MelLossSettings, MultiScaleMelLoss
 
 
@@ -43,7 +50,8 @@ def _load(corpus: Path, num: int):
 
 
 def _run(model, recognizer, mel, audio, refs, *, threshold, nq, fixed=None, target=None):
-    """Encode + decode every clip; PER of the decoded audio, mel distance, frame rates.
+    """Encode + decode every clip; PER and identification rate of the decoded audio, mel
+    distance, frame rates.
     `fixed`: one token every `fixed` frames; `target`: a per-clip threshold giving the
     largest frame rate not above `target` Hz (fast_encode's target_frame_rate)."""
     config = model.config
@@ -72,7 +80,8 @@ def _run(model, recognizer, mel, audio, refs, *, threshold, nq, fixed=None, targ
             hyps.append(recognizer.transcribe(wav[None])[0])
     finally:
         config.max_tokens_per_group = saved
-    return phoneme_error_rate(refs, hyps), sum(dists) / len(dists), rates
+    scores = phoneme_error_rate(refs, hyps), identification_rate(refs, hyps)
+    return *scores, sum(dists) / len(dists), rates
 
 
 def main(argv=None):
@@ -96,29 +105,36 @@ def main(argv=None):
     rows, audio = _load(args.corpus, args.num)
     refs = [r["phonemes"].split() for r in rows]
     phoneme_rate = [len(r) / r_["seconds"] for r, r_ in zip(refs, rows, strict=True)]
-    original = phoneme_error_rate(refs, [recognizer.transcribe(a[None])[0] for a in audio])
+    heard = [recognizer.transcribe(a[None])[0] for a in audio]
+    original = phoneme_error_rate(refs, heard)
     max_nq = model.max_num_quantizers
     lines = [
-        f"Held-out utterances: {len(rows)}; recogniser PER on the original audio: {original:.1%}.",
+        f"Held-out utterances: {len(rows)}; recogniser PER on the original audio: {original:.1%}"
+        f" (sentence identified: {identification_rate(refs, heard):.1%}).",
         "",
         "| threshold | quantizers | avg frame rate (Hz) | r(frame rate, phoneme rate) "
-        "| PER decoded | log-mel L1 |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| PER decoded | identified | log-mel L1 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for threshold in (1.0, 0.95, 0.91, 0.85):
         for nq in sorted({1, min(3, max_nq), max_nq}):
-            per, dist, rates = _run(model, recognizer, mel, audio, refs, threshold=threshold, nq=nq)
+            per, ident, dist, rates = _run(
+                model, recognizer, mel, audio, refs, threshold=threshold, nq=nq
+            )
             avg = sum(rates) / len(rates)
             r = _pearson(rates, phoneme_rate)
-            lines.append(f"| {threshold} | {nq} | {avg:.2f} | {r:.3f} | {per:.1%} | {dist:.3f} |")
+            lines.append(
+                f"| {threshold} | {nq} | {avg:.2f} | {r:.3f} | {per:.1%} | {ident:.1%} "
+                f"| {dist:.3f} |"
+            )
             print(lines[-1], flush=True)
     lines += [
         "",
         "Dynamic merging vs fixed-rate pooling at the same average frame rate "
         f"({max_nq} quantizers; 12.5 / k Hz, below the 11-12.5 Hz the model trained at):",
         "",
-        "| pooling | avg frame rate (Hz) | PER decoded | log-mel L1 |",
-        "|---|---:|---:|---:|",
+        "| pooling | avg frame rate (Hz) | PER decoded | identified | log-mel L1 |",
+        "|---|---:|---:|---:|---:|",
     ]
     for k in (2, 3):
         runs = {
@@ -126,11 +142,11 @@ def main(argv=None):
             f"fixed, every {k} frames": {"fixed": k},
         }
         for name, options in runs.items():
-            per, dist, rates = _run(
+            per, ident, dist, rates = _run(
                 model, recognizer, mel, audio, refs, threshold=0.91, nq=max_nq, **options
             )
             avg = sum(rates) / len(rates)
-            lines.append(f"| {name} | {avg:.2f} | {per:.1%} | {dist:.3f} |")
+            lines.append(f"| {name} | {avg:.2f} | {per:.1%} | {ident:.1%} | {dist:.3f} |")
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:
