@@ -90,10 +90,13 @@ def _print_heard(audio, decoded) -> None:
 
     recognizer = load_recognizer()
     (heard_in,), (heard_out,) = recognizer.transcribe(audio), recognizer.transcribe(decoded)
-    errors = edit_distance(heard_in, heard_out) / max(len(heard_in), 1)
     print(f"recogniser hears in the input:   {' '.join(heard_in)}")
     print(f"recogniser hears in the decoded: {' '.join(heard_out)}")
-    print(f"decoded vs input: {errors:.1%} phoneme error rate ({len(heard_in)} phonemes)")
+    if heard_in:
+        errors = edit_distance(heard_in, heard_out) / len(heard_in)
+        print(f"decoded vs input: {errors:.1%} phoneme error rate ({len(heard_in)} phonemes)")
+    else:
+        print("decoded vs input: no phoneme heard in the input, so no error rate")
 
 
 def _print_report(report, what: str) -> int:

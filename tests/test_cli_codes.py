@@ -246,6 +246,15 @@ def test_demo_runs_on_the_builtin_model(tmp_path, capsys):
     )
 
 
+def test_demo_on_silence_gives_no_error_rate(tmp_path, capsys):
+    silence = tmp_path / "silence.wav"
+    sf.write(str(silence), torch.zeros(16000).numpy(), 16000)
+    assert main(["demo", "--audio", str(silence), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "recogniser hears in the input:   \n" in out
+    assert "no phoneme heard in the input, so no error rate" in out
+
+
 def test_demo_without_builtin_model_says_the_model_is_random(tmp_path, capsys, monkeypatch):
     import flexicodec_fast.loading as loading
 

@@ -140,10 +140,14 @@ def edit_distance(ref: Sequence, hyp: Sequence) -> int:
     return previous[-1]
 
 
-def phoneme_error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:
-    """Corpus PER: total edit distance over total reference length (can exceed 1)."""
+def _check_one_hyp_per_ref(refs: Sequence, hyps: Sequence) -> None:
     if len(refs) != len(hyps):
         raise InputError(f"hyps: expected {len(refs)} sequences (one per ref), got {len(hyps)}")
+
+
+def phoneme_error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:
+    """Corpus PER: total edit distance over total reference length (can exceed 1)."""
+    _check_one_hyp_per_ref(refs, hyps)
     total = sum(len(r) for r in refs)
     if total == 0:
         raise InputError("refs: the references hold no tokens, so PER is undefined")
@@ -155,8 +159,7 @@ def identification_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> f
     strictly the nearest of all `refs` by edit distance over reference length (a tie with
     another sentence counts as a miss). A far lower bar than a low PER: it asks whether the
     transcription singles out its sentence among the candidates, not whether it is right."""
-    if len(refs) != len(hyps):
-        raise InputError(f"hyps: expected {len(refs)} sequences (one per ref), got {len(hyps)}")
+    _check_one_hyp_per_ref(refs, hyps)
     if not refs or any(len(r) == 0 for r in refs):
         raise InputError("refs: need at least one reference, and no empty one")
     hits = 0
