@@ -86,14 +86,14 @@ def _print_heard(audio, decoded) -> None:
     its CTC read-out, trained on the same espeak-ng speech) hears in the input and in the
     decoded audio (16 kHz `[1, N]` each), and their phoneme error rate: a listening check
     that needs no ears."""
-    from .asr.recognizer import edit_distance, load_recognizer
+    from .asr.recognizer import load_recognizer, phoneme_error_rate
 
     recognizer = load_recognizer()
     (heard_in,), (heard_out,) = recognizer.transcribe(audio), recognizer.transcribe(decoded)
     print(f"recogniser hears in the input:   {' '.join(heard_in)}")
     print(f"recogniser hears in the decoded: {' '.join(heard_out)}")
     if heard_in:
-        errors = edit_distance(heard_in, heard_out) / len(heard_in)
+        errors = phoneme_error_rate([heard_in], [heard_out])
         print(f"decoded vs input: {errors:.1%} phoneme error rate ({len(heard_in)} phonemes)")
     else:
         print("decoded vs input: no phoneme heard in the input, so no error rate")
