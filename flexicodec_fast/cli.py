@@ -11,7 +11,7 @@ from pathlib import Path
 
 JSON_METADATA = ("thresholds", "audio_lengths", "sources", "sample_rate", "attention_window")
 DEMO_CLIP = Path(__file__).resolve().parent / "assets" / "demo.wav"
-BUILTIN_SOURCE = (
+BUILTIN_DESCRIPTION = (
     "built-in default model (a small model trained briefly on synthetic espeak-ng speech; "
     "see docs/builtin_model.md for its quality)"
 )
@@ -19,7 +19,8 @@ BUILTIN_SOURCE = (
 
 def _load_model(args, allow_random: bool = False):
     """The model named by --checkpoint/--config, else the built-in one; the demo alone
-    falls back to a random tiny model (returns source None then)."""
+    falls back to a random tiny model. Returns the model and where it came from:
+    "checkpoint", "builtin" or "random"."""
     from .loading import prepare_model
     from .reference.errors import CheckpointError
     from .tiny import random_tiny_model
@@ -29,11 +30,11 @@ def _load_model(args, allow_random: bool = False):
             args.checkpoint, args.config, args.sensevoice, args.device
         ), "checkpoint"
     try:
-        return prepare_model(device=args.device), BUILTIN_SOURCE
+        return prepare_model(device=args.device), "builtin"
     except CheckpointError:
         if not allow_random:
             raise
-        return random_tiny_model(seed=0), None
+        return random_tiny_model(seed=0), "random"
 
 
 def cmd_demo(args) -> int:
@@ -42,14 +43,16 @@ def cmd_demo(args) -> int:
     from .fast import fast_decode, fast_encode
     from .jobs import read_audio
 
-    model, source = _load_model(args, allow_random=True)
-    if source is None:
+    model, origin = _load_model(args, allow_random=True)
+    if origin == "random":
         print(
             "NOTE: the built-in trained model is not bundled yet; running a RANDOMLY INITIALISED "
             "tiny model (seed 0). Codes and timings are real, the decoded audio is not speech."
         )
+    elif origin == "builtin":
+        print(f"model: {BUILTIN_DESCRIPTION}")
     else:
-        print(f"model: {source}")
+        print(f"model: {args.checkpoint or args.config}")
     audio = read_audio(args.audio, mix_down=True)[None]
     seconds = audio.shape[-1] / 16000
     nq = min(args.num_quantizers, model.max_num_quantizers)
@@ -76,7 +79,7 @@ def cmd_demo(args) -> int:
     print(f"precision {args.precision}, {mode}")
     print(f"encode {encoded - start:.3f} s, decode {done - encoded:.3f} s")
     print(f"decoded audio: {out_wav}")
-    if source == BUILTIN_SOURCE:
+    if origin == "builtin":
         _print_heard(audio, decoded[0].cpu())
     return 0
 

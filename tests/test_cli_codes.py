@@ -262,3 +262,13 @@ def test_demo_without_builtin_model_says_the_model_is_random(tmp_path, capsys, m
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "RANDOMLY INITIALISED" in out and "recogniser hears" not in out
+
+
+def test_demo_on_a_checkpoint_names_it_and_skips_the_builtin_listening_check(
+    tmp_path, capsys, model_args, fixture_dir
+):
+    assert main(["demo", "--out", str(tmp_path), *model_args]) == 0
+    out = capsys.readouterr().out
+    assert f"model: {fixture_dir / 'model.safetensors'}\n" in out
+    assert "built-in" not in out and "RANDOMLY" not in out and "recogniser hears" not in out
+    assert (tmp_path / "decoded.wav").is_file()
