@@ -291,6 +291,17 @@ def test_defaults_leave_flexicodec_configs_unchanged(tmp_path):
     assert FlexiCodecConfig.from_dict(switched.to_dict()) == switched
 
 
+def test_base_chains_have_no_length_limit_and_nearer_files_win(tmp_path):
+    """The built-in model's recipe is a chain of phases, one `base:` each, that grows with
+    every continuation: any chain without a cycle loads, each file laid over its base."""
+    (tmp_path / "step0.yaml").write_text("base: tiny\ntraining:\n  seed: 0\n  max_steps: 5\n")
+    for k in range(1, 12):
+        (tmp_path / f"step{k}.yaml").write_text(f"base: step{k - 1}.yaml\ntraining:\n  seed: {k}\n")
+    config = load_train_config(tmp_path / "step11.yaml")
+    assert (config.training.seed, config.training.max_steps) == (11, 5)
+    assert config.model == load_train_config("tiny").model
+
+
 def test_training_config_errors(tmp_path):
     source = load_train_config("tiny_fixed_window").source
     source["model"]["n_codebooks"] = 2
@@ -299,8 +310,12 @@ def test_training_config_errors(tmp_path):
     with pytest.raises(CheckpointError, match="loss_weights.ar"):
         load_train_config(path)
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
-    with pytest.raises(CheckpointError, match="nested `base:`"):
+    with pytest.raises(CheckpointError, match="form a cycle: .*loop.yaml -> .*loop.yaml"):
         load_train_config(tmp_path / "loop.yaml")
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(CheckpointError, match="a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_train_config(tmp_path / "a.yaml")
     (tmp_path / "vocab.yaml").write_text(
         yaml.safe_dump(
             {"base": "tiny_semantic_rvq", "training": {"semantic_vocab": {"fit_batches": 0}}}

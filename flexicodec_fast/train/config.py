@@ -42,7 +42,6 @@ SHIPPED = (
     "tiny_semantic_rvq",
     "tiny_fixed_window",
 )
-MAX_BASE_DEPTH = 8
 
 
 @dataclass
@@ -363,16 +362,17 @@ def parse_train_config(data: dict) -> TrainConfig:
     return TrainConfig(model, sensevoice, training, data)
 
 
-def _read_yaml(name_or_path, relative_to: Path | None = None) -> tuple[dict, Path | None]:
-    """(mapping, folder of the file or None for a shipped config) of a config name/path."""
+def _read_yaml(name_or_path, relative_to: Path | None = None) -> tuple[dict, Path | None, str]:
+    """(mapping, folder of the file or None for a shipped config, identity: the resolved path
+    or the shipped name) of a config name/path."""
     path = Path(name_or_path)
     if relative_to is not None and not path.is_absolute():
         path = relative_to / path
     if path.is_file():
-        text, folder = path.read_text(), path.parent
+        text, folder, identity = path.read_text(), path.parent, str(path.resolve())
     elif str(name_or_path) in SHIPPED:
         text = (resources.files(__package__) / "configs" / f"{name_or_path}.yaml").read_text()
-        folder = None
+        folder, identity = None, str(name_or_path)
     else:
         raise CheckpointError(
             f"--config: expected a YAML file or one of the shipped configs {list(SHIPPED)}, "
@@ -384,7 +384,7 @@ def _read_yaml(name_or_path, relative_to: Path | None = None) -> tuple[dict, Pat
         raise CheckpointError(f"--config: {str(name_or_path)!r} is not valid YAML: {e}") from e
     if data is not None and not isinstance(data, dict):
         raise CheckpointError(f"config: expected a mapping at the top level, got {data!r}")
-    return data or {}, folder
+    return data or {}, folder, identity
 
 
 def _overlay(base: dict, over: dict) -> dict:
@@ -401,14 +401,16 @@ def _overlay(base: dict, over: dict) -> dict:
 def load_train_config(name_or_path: str | Path) -> TrainConfig:
     """Read a training YAML: a file path, or the name of a shipped config (`SHIPPED`),
     following `base:` (module docstring)."""
-    data, folder = _read_yaml(name_or_path)
-    for _ in range(MAX_BASE_DEPTH):
-        if "base" not in data:
-            return parse_train_config(data)
+    data, folder, identity = _read_yaml(name_or_path)
+    chain = [identity]
+    while "base" in data:
         data = dict(data)
-        base, base_folder = _read_yaml(data.pop("base"), folder)
-        data, folder = _overlay(base, data), base_folder
-    raise CheckpointError(
-        f"--config: more than {MAX_BASE_DEPTH} nested `base:` configs from "
-        f"{str(name_or_path)!r} (a cycle?)"
-    )
+        base, folder, identity = _read_yaml(data.pop("base"), folder)
+        if identity in chain:
+            raise CheckpointError(
+                f"--config: the `base:` configs of {str(name_or_path)!r} form a cycle: "
+                + " -> ".join([*chain, identity])
+            )
+        chain.append(identity)
+        data = _overlay(base, data)
+    return parse_train_config(data)
