@@ -14,6 +14,8 @@ import torch
 from flexicodec_fast.asr import (
     DEFAULT_RECOGNIZER_CONFIG,
     PhonemeRecognizer,
+    add_white_noise,
+    band_limit,
     ctc_greedy_decode,
     edit_distance,
     identification_rate,
@@ -118,6 +120,33 @@ def test_identification_rate_needs_the_own_sentence_strictly_nearest():
         identification_rate(refs, hyps[:2])
     with pytest.raises(InputError, match="refs"):
         identification_rate([["a"], []], [["a"], ["b"]])
+
+
+def test_white_noise_has_the_asked_snr_and_is_repeatable():
+    t = torch.arange(16000) / 16000
+    clip = (0.3 * torch.sin(2 * math.pi * 440 * t)).float()
+    for snr in (30.0, 10.0, 0.0):
+        noisy = add_white_noise(clip, snr, torch.Generator().manual_seed(1))
+        noise = noisy.double() - clip.double()
+        measured = 10 * torch.log10(clip.double().pow(2).mean() / noise.pow(2).mean())
+        assert noisy.dtype == torch.float32 and abs(float(measured) - snr) < 1e-3
+    same = add_white_noise(clip, 20.0, torch.Generator().manual_seed(1))
+    other = add_white_noise(clip, 20.0, torch.Generator().manual_seed(2))
+    assert torch.equal(same, add_white_noise(clip, 20.0, torch.Generator().manual_seed(1)))
+    assert not torch.equal(same, other)
+    with pytest.raises(InputError, match="1-D float"):
+        add_white_noise(clip[None], 20.0)
+
+
+def test_band_limit_keeps_only_the_band():
+    t = torch.arange(16000, dtype=torch.float64) / 16000
+    tones = {f: torch.sin(2 * math.pi * f * t) for f in (100.0, 1000.0, 3000.0, 5000.0)}
+    clip = sum(tones.values()).float()
+    kept = band_limit(clip, 300, 3400)
+    assert torch.allclose(kept.double(), tones[1000.0] + tones[3000.0], atol=1e-5)
+    assert torch.allclose(band_limit(clip, 0, 200).double(), tones[100.0], atol=1e-5)
+    with pytest.raises(InputError, match="low_hz < high_hz"):
+        band_limit(clip, 3400, 300)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -4,6 +4,7 @@ Training: `python -m flexicodec_fast.asr.train_recognizer --corpus DIR --out DIR
 (corpus from `scripts/make_corpus.py`).
 """
 
+from .degradations import add_white_noise, band_limit
 from .recognizer import (
     BLANK,
     DEFAULT_RECOGNIZER_CONFIG,
@@ -20,6 +21,8 @@ __all__ = [
     "BLANK",
     "DEFAULT_RECOGNIZER_CONFIG",
     "PhonemeRecognizer",
+    "add_white_noise",
+    "band_limit",
     "ctc_greedy_decode",
     "edit_distance",
     "identification_rate",
