@@ -3,14 +3,16 @@
     python scripts/evaluate_builtin.py --corpus /work/data/corpus [--model-dir DIR] \
         [--num 80] [--out docs/builtin_eval.md]
 
+(needs `pip install -e ".[eval]"` for pystoi)
+
 Reports, on `--num` held-out utterances (made by scripts/make_corpus.py):
 * phoneme error rate (PER) of the recogniser on the original audio and on audio decoded from
-  codes, and a log-mel L1 distance, at thresholds 1.0 / 0.95 / 0.91 / 0.85 and several numbers
-  of quantizers;
-* what the recogniser makes of the original audio after degradations listeners understand
-  without effort (white noise at 30 / 20 / 10 dB SNR, the 300-3400 Hz telephone band): the
-  scale on which to read the PER of decoded audio, since the recogniser only ever heard clean
-  synthetic speech;
+  codes, STOI (short-time objective intelligibility, Taal et al. 2011: 0-1, a predictor of
+  listeners' word scores that needs no recogniser) and a log-mel L1 distance against the
+  original, at thresholds 1.0 / 0.95 / 0.91 / 0.85 and several numbers of quantizers;
+* the same PER and STOI for the original audio after degradations listeners understand
+  (white noise at 30 / 20 / 10 / 0 dB SNR, the 300-3400 Hz telephone band): the scale on
+  which to read them, since the recogniser only ever heard clean synthetic speech;
 * closed-set sentence identification: how often the recogniser's transcription of the decoded
   audio is nearer (edit distance over length) its own sentence than any other of the `--num`
   (a far lower bar than a low PER);
@@ -31,6 +33,11 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
+
+try:
+    from pystoi import stoi
+except ImportError as e:
+    raise SystemExit('evaluate_builtin.py needs pystoi: pip install -e ".[eval]"') from e
 
 from flexicodec_fast import fast_decode, fast_encode, prepare_model
 from flexicodec_fast.asr import (
@@ -53,8 +60,15 @@ DEGRADATIONS = {
     "white noise, 30 dB SNR": lambda clip, g: add_white_noise(clip, 30.0, g),
     "white noise, 20 dB SNR": lambda clip, g: add_white_noise(clip, 20.0, g),
     "white noise, 10 dB SNR": lambda clip, g: add_white_noise(clip, 10.0, g),
+    "white noise, 0 dB SNR": lambda clip, g: add_white_noise(clip, 0.0, g),
     "telephone band (300-3400 Hz)": lambda clip, g: band_limit(clip, 300.0, 3400.0),
 }
+
+
+def _stoi(reference: torch.Tensor, processed: torch.Tensor) -> float:
+    """STOI of `processed [N']` against `reference [N]` (16 kHz), over their common length."""
+    n = min(reference.numel(), processed.numel())
+    return float(stoi(reference[:n].double().numpy(), processed[:n].double().numpy(), 16000))
 
 
 def _load(corpus: Path, num: int):
@@ -64,8 +78,8 @@ def _load(corpus: Path, num: int):
 
 
 def _run(model, recognizer, mel, audio, refs, *, threshold, nq, fixed=None, target=None):
-    """Encode + decode every clip; PER and identification rate of the decoded audio, mel
-    distance, frame rates.
+    """Encode + decode every clip; PER and identification rate of the decoded audio, mean STOI
+    and mel distance, frame rates.
     `fixed`: one token every `fixed` frames; `target`: a per-clip threshold giving the
     largest frame rate not above `target` Hz (fast_encode's target_frame_rate)."""
     config = model.config
@@ -74,7 +88,7 @@ def _run(model, recognizer, mel, audio, refs, *, threshold, nq, fixed=None, targ
         # Fixed-rate pooling: no similarity boundary (cosine >= -1 > -2), a forced split
         # every `fixed` frames: uniform groups at 12.5 / fixed Hz.
         config.max_tokens_per_group, threshold = fixed, -2.0
-    hyps, rates, dists = [], [], []
+    hyps, rates, dists, intelligibility = [], [], [], []
     try:
         for clip in audio:
             enc = fast_encode(
@@ -91,11 +105,16 @@ def _run(model, recognizer, mel, audio, refs, *, threshold, nq, fixed=None, targ
             rates.append(int(enc["total_frames"][0]) / frames * 12.5)
             n = min(wav.numel(), clip.numel())
             dists.append(float(mel(wav[None, None, :n], clip[None, None, :n])))
+            intelligibility.append(_stoi(clip, wav))
             hyps.append(recognizer.transcribe(wav[None])[0])
     finally:
         config.max_tokens_per_group = saved
     scores = phoneme_error_rate(refs, hyps), identification_rate(refs, hyps)
-    return *scores, sum(dists) / len(dists), rates
+    return *scores, _mean(intelligibility), _mean(dists), rates
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def main(argv=None):
@@ -129,36 +148,34 @@ def main(argv=None):
         "The recogniser only ever heard clean synthetic speech. What it makes of the same "
         "original audio degraded in ways listeners understand without effort:",
         "",
-        "| original audio | PER | identified |",
-        "|---|---:|---:|",
+        "| original audio | PER | identified | STOI |",
+        "|---|---:|---:|---:|",
     ]
     for name, degrade in DEGRADATIONS.items():
         # One generator per clip: each clip's noise does not depend on --num.
-        hyps = [
-            recognizer.transcribe(degrade(clip, torch.Generator().manual_seed(i))[None])[0]
-            for i, clip in enumerate(audio)
-        ]
+        degraded = [degrade(clip, torch.Generator().manual_seed(i)) for i, clip in enumerate(audio)]
+        hyps = [recognizer.transcribe(clip[None])[0] for clip in degraded]
         per, ident = phoneme_error_rate(refs, hyps), identification_rate(refs, hyps)
-        lines.append(f"| {name} | {per:.1%} | {ident:.1%} |")
+        score = _mean([_stoi(clip, d) for clip, d in zip(audio, degraded, strict=True)])
+        lines.append(f"| {name} | {per:.1%} | {ident:.1%} | {score:.3f} |")
         print(lines[-1], flush=True)
     lines += [
         "",
         "Decoded from codes:",
         "",
         "| threshold | quantizers | avg frame rate (Hz) | r(frame rate, phoneme rate) "
-        "| PER decoded | identified | log-mel L1 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| PER decoded | identified | STOI | log-mel L1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for threshold in (1.0, 0.95, 0.91, 0.85):
         for nq in sorted({1, min(3, max_nq), max_nq}):
-            per, ident, dist, rates = _run(
+            per, ident, score, dist, rates = _run(
                 model, recognizer, mel, audio, refs, threshold=threshold, nq=nq
             )
-            avg = sum(rates) / len(rates)
             r = _pearson(rates, phoneme_rate)
             lines.append(
-                f"| {threshold} | {nq} | {avg:.2f} | {r:.3f} | {per:.1%} | {ident:.1%} "
-                f"| {dist:.3f} |"
+                f"| {threshold} | {nq} | {_mean(rates):.2f} | {r:.3f} | {per:.1%} | {ident:.1%} "
+                f"| {score:.3f} | {dist:.3f} |"
             )
             print(lines[-1], flush=True)
     lines += [
@@ -166,8 +183,8 @@ def main(argv=None):
         "Dynamic merging vs fixed-rate pooling at the same average frame rate "
         f"({max_nq} quantizers; 12.5 / k Hz, below the 11-12.5 Hz the model trained at):",
         "",
-        "| pooling | avg frame rate (Hz) | PER decoded | identified | log-mel L1 |",
-        "|---|---:|---:|---:|---:|",
+        "| pooling | avg frame rate (Hz) | PER decoded | identified | STOI | log-mel L1 |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for k in (2, 3):
         runs = {
@@ -175,11 +192,13 @@ def main(argv=None):
             f"fixed, every {k} frames": {"fixed": k},
         }
         for name, options in runs.items():
-            per, ident, dist, rates = _run(
+            per, ident, score, dist, rates = _run(
                 model, recognizer, mel, audio, refs, threshold=0.91, nq=max_nq, **options
             )
-            avg = sum(rates) / len(rates)
-            lines.append(f"| {name} | {avg:.2f} | {per:.1%} | {ident:.1%} | {dist:.3f} |")
+            lines.append(
+                f"| {name} | {_mean(rates):.2f} | {per:.1%} | {ident:.1%} | {score:.3f} "
+                f"| {dist:.3f} |"
+            )
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:
