@@ -418,8 +418,10 @@ def _encode(
         audio_lens = torch.full((batch,), audio.shape[1], dtype=torch.long)
     audio_lens = audio_lens.to(device=audio.device, dtype=torch.long)
     hop = model.hop_length
-    padded = F.pad(audio, (0, -audio.shape[1] % hop))
-    ac = fast.encoder(padded.unsqueeze(1), model.dac.num_frames(audio_lens) * hop).float()
+    # The encoder masks whole hops: the samples between an item's end and its last hop
+    # boundary must be the zeros it is padded with alone, not whatever the batch holds there.
+    padded = F.pad(_mask_after(audio.unsqueeze(1), audio_lens), (0, -audio.shape[1] % hop))
+    ac = fast.encoder(padded, model.dac.num_frames(audio_lens) * hop).float()
     frames = torch.minimum(sem_lens, model.dac.num_frames(audio_lens).to(sem_lens.device))
     t_max = int(frames.max())
     sem = _mask_after(sem[..., :t_max], frames)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from responsive import responsive
 
 import flexicodec_fast as ff
 from flexicodec_fast.fast import FastCodec, fast_decode, fast_encode, prepare_audio
@@ -111,6 +112,24 @@ def test_options_compose_per_item(tiny):
                 )
             for key in ("semantic_codes", "acoustic_codes", "token_lengths"):
                 assert torch.equal(alone[key], want[key]), (b, key)
+
+
+def test_padding_past_an_item_does_not_reach_its_codes():
+    """16 kHz items padded with noise, not silence: the acoustic encoder sees the zeros a
+    lone item is padded with between its end and its last hop boundary, so every item gets
+    the reference's codes of the item alone (a responsive model: its codes follow the
+    audio)."""
+    model = responsive(random_tiny_model(seed=0))
+    audio = 0.3 * torch.randn(3, 30000, generator=torch.Generator().manual_seed(8))
+    lens = torch.tensor([30000, 5200, 19000])  # not multiples of the 1280-sample hop
+    batch = fast_encode(audio, model, num_quantizers=5, merging_threshold=0.999, audio_lens=lens)
+    for b, n in enumerate(lens.tolist()):
+        with torch.inference_mode():
+            alone = model.encode(audio[b : b + 1, :n], num_quantizers=5, merging_threshold=0.999)
+        g = int(alone["total_frames"][0])
+        assert int(batch["total_frames"][b]) == g
+        for key in ("semantic_codes", "acoustic_codes"):
+            assert torch.equal(batch[key][b, :, :g], alone[key][0]), (b, key)
 
 
 def test_target_frame_rate_picks_the_largest_rate_not_above_target(tiny):
