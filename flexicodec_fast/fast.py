@@ -11,10 +11,15 @@ Related-codec options (docs/related_codecs.md): `semantic_quantizer: bsq` runs t
 `kernels.bsq` encode/decode; `compressor: focal` runs the model's own focal modules (plain
 PyTorch: depth-wise convolutions and GEMMs); `acoustic_quantizer: semantic_rvq` assigns the
 SPD's predictions as stage 0 of the fused RVQ (`rvq_encode(first_codes=...)`), decoding is
-the plain RVQ decode. `aggregator: fixed_window` is not fused yet: `fast_encode` /
-`fast_decode` run the reference model's `encode` / `decode` for it, in fp32 (asking for
-bf16 or an `attention_window` is an error rather than a silent exact fp32 run;
-`target_frame_rate` does not apply to fixed windows and is an error too).
+the plain RVQ decode. `aggregator: fixed_window` (ALMTokenizer) replaces merging with the
+reference's windows of `window` frames (`t // w`) and runs its window-query encoders as
+the aggregators: the same interleave / transformer / retrieve calls with uniform group ids,
+zero means and the [CLS] query as the embedding. Decoding interleaves `w` mask tokens
+before each token latent (`kernels.interleave`, the token embedding added), runs the window
+decoder's transformer and gathers the frame rows, in place of unmerging; `w` is read back
+from `token_lengths`. Both precisions and `attention_window` apply (the window-query
+transformers take the aggregators' window); `target_frame_rate` does not (fixed token
+rate): an error.
 
 Approximate long-audio mode (`attention_window=` seconds, opt-in): every attention
 (SenseVoice, the aggregators, the bottleneck transformer) reaches only that far on each side,
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import window_query
 from .conv_stack import FastDecoder, FastEncoder
 from .fast_modules import FastSenseVoice, FastTransformer
 from .kernels import bsq as kbsq
@@ -40,6 +46,7 @@ from .kernels import merge as kmerge
 from .kernels import rvq as krvq
 from .kernels import unmerge as kunmerge
 from .kernels._triton import select_backend
+from .reference import variants
 from .reference.errors import InputError, describe
 from .reference.frontend import SHIFT, WINDOW, num_fbank_frames
 from .reference.frontend import check_audio as check_frontend_audio
@@ -60,6 +67,23 @@ def _resolve_model(model) -> FlexiCodec:
             f"{type(model).__name__}"
         )
     return model
+
+
+def _aggregators(model: FlexiCodec, backend: str):
+    """(transformer executor, query embedding `[C]`) of the semantic and the acoustic
+    aggregator, or None where the tokens are the plain group means. A fixed-window encoder's
+    query is its [CLS] embedding; it is added to zero means, so one interleave serves both."""
+    if not (model.fixed_window or model.config.use_query_token_aggregator):
+        return None
+    aggregators = (model.semantic_aggregator, model.acoustic_aggregator)
+    if model.fixed_window:
+        queries = [a.query for a in aggregators]
+    else:
+        queries = [a.query_embedding[0, :, 0] for a in aggregators]
+    return tuple(
+        (FastTransformer(a.transformer, backend), query)
+        for a, query in zip(aggregators, queries, strict=True)
+    )
 
 
 class FastCodec:
@@ -83,18 +107,14 @@ class FastCodec:
         self.rvq = krvq.stacked_weights(model.dac.quantizer)
         self.sensevoice = FastSenseVoice(model.semantic_model)
         self.levels = tuple(model.config.fsq_levels)
-        cfg = model.config
-        self.aggregators = None
-        if cfg.use_query_token_aggregator:
-            self.aggregators = (
-                (
-                    FastTransformer(model.semantic_aggregator.transformer, backend),
-                    model.semantic_aggregator.query_embedding[0, :, 0],
-                ),
-                (
-                    FastTransformer(model.acoustic_aggregator.transformer, backend),
-                    model.acoustic_aggregator.query_embedding[0, :, 0],
-                ),
+        self.aggregators = _aggregators(model, backend)
+        self.window_decoder = None
+        if model.fixed_window:
+            decoder = model.window_decoder
+            self.window_decoder = (
+                FastTransformer(decoder.transformer, backend),
+                decoder.mask_token,
+                decoder.token_embedding,
             )
         self.bottleneck = (
             None
@@ -189,6 +209,28 @@ class FastCodec:
                 backend=self.backend,
             )
         return model.decompress(quantized.transpose(1, 2), num_groups)
+
+    def expand_windows(self, tokens, frames, window: int, attention_window=None):
+        """The window-query decoder: token latents `[B, G, C]` -> frames `[B, T_max, C]`
+        (0 past an item's `frames` `[B]`); `w` mask tokens before each token, the
+        transformer, the mask rows. `attention_window`: positions each side (None: exact)."""
+        transformer, mask_token, embedding = self.window_decoder
+        t_max = int(frames.max())
+        group_ids, num_groups, groups = window_query.window_segments(frames, t_max, window)
+        tokens = tokens[:, :groups].contiguous()
+        masks = mask_token.to(tokens.dtype).expand(tokens.shape[0], t_max, -1)
+        sequence = kinterleave.interleave(
+            masks,
+            tokens,
+            embedding,
+            group_ids,
+            frames,
+            num_groups,
+            backend=self.backend,
+        )
+        with self.heavy():
+            out = transformer(sequence, frames + num_groups, attention_window).float()
+        return window_query.gather_frames(out, group_ids)
 
 
 def _check_options(backend: str, precision: str):
@@ -333,15 +375,11 @@ def fast_encode(
             f"target_frame_rate: expected a number in (0, 12.5] Hz, "
             f"got {describe(target_frame_rate)}"
         )
-    if model.fixed_window:
-        _reference_only(precision, windows)
-        if target_frame_rate is not None:
-            raise InputError(
-                "target_frame_rate: a fixed-window model (aggregator: fixed_window) has a "
-                f"fixed token rate (window {model.config.window}); leave it None"
-            )
-        with torch.inference_mode():
-            return model.encode(audio, audio_lens, num_quantizers, merging_threshold, dither=dither)
+    if model.fixed_window and target_frame_rate is not None:
+        raise InputError(
+            "target_frame_rate: a fixed-window model (aggregator: fixed_window) has a "
+            f"fixed token rate (window {model.config.window}); leave it None"
+        )
     fast = FastCodec.for_model(model, backend, precision)
     with torch.inference_mode():
         return _encode(
@@ -354,20 +392,6 @@ def fast_encode(
             target_frame_rate,
             dither,
             windows,
-        )
-
-
-def _reference_only(precision: str, windows) -> None:
-    """Options a fixed-window model (run by the reference) cannot honour are errors."""
-    if precision != "fp32":
-        raise InputError(
-            f"precision: a fixed-window model (aggregator: fixed_window) runs the fp32 "
-            f"reference path, so only 'fp32' is available; got {precision!r}"
-        )
-    if windows is not None:
-        raise InputError(
-            "attention_window: a fixed-window model (aggregator: fixed_window) runs the exact "
-            "reference path; leave it None"
         )
 
 
@@ -446,7 +470,10 @@ def _encode(
             seg.similarity, frames, cfg.max_tokens_per_group, float(target_frame_rate)
         )
         threshold = thresholds.to(sem.device, torch.float32).view(-1, 1)
-    merged = _merge(fast, sem_t, ac_t, frames, threshold, cfg.max_tokens_per_group)
+    if model.fixed_window:
+        merged = _windows(model, sem, sem_t, ac_t, frames)
+    else:
+        merged = _merge(fast, sem_t, ac_t, frames, threshold, cfg.max_tokens_per_group)
     groups = int(merged.num_groups.max())
 
     window = None if windows is None else windows.aggregator
@@ -527,6 +554,16 @@ def _merge(fast, sem_t, ac_t, frames, threshold, max_tokens) -> _MergeResult:
     )
 
 
+def _windows(model, sem, sem_t, ac_t, frames) -> _MergeResult:
+    """The fixed windows of `model.config.window` frames (the reference's segmentation) and
+    zero means `[B, G, C]` for both streams: a window's query is its embedding alone."""
+    seg = model.window_segmentation(sem, frames, model.config.window)
+    means = tuple(x.new_zeros(x.shape[0], seg.max_groups, x.shape[2]) for x in (sem_t, ac_t))
+    return _MergeResult(
+        seg.group_ids, seg.token_lengths, seg.num_groups, seg.similarity, frames, means
+    )
+
+
 def fast_decode(
     model,
     semantic_codes: torch.Tensor,
@@ -548,10 +585,8 @@ def fast_decode(
     semantic_codes, token_lengths = semantic_codes.to(device), token_lengths.to(device).long()
     if acoustic_codes is not None:
         acoustic_codes = acoustic_codes.to(device)
-    if model.fixed_window:
-        _reference_only(precision, windows)
-        with torch.inference_mode():
-            return model.decode(semantic_codes, acoustic_codes, token_lengths)
+    # Refuse token lengths that are no fixed window's before any work (as the reference).
+    token_window = variants.window_of(token_lengths) if model.fixed_window else None
     fast = FastCodec.for_model(model, backend, precision)
     with torch.inference_mode():
         groups = torch.arange(token_lengths.shape[1], device=device)
@@ -562,9 +597,15 @@ def fast_decode(
             r = fast.rvq
             ac = krvq.rvq_decode(acoustic_codes, r.cb, r.out_w, r.out_b, backend=fast.backend)
         frames = token_lengths.sum(dim=1)
-        z = kunmerge.unmerge(
-            sem.contiguous(), ac, token_lengths, int(frames.max()), backend=fast.backend
-        )
+        if token_window is None:
+            z = kunmerge.unmerge(
+                sem.contiguous(), ac, token_lengths, int(frames.max()), backend=fast.backend
+            )
+        else:
+            tokens = sem if ac is None else sem + ac
+            z = fast.expand_windows(
+                tokens, frames, token_window, None if windows is None else windows.aggregator
+            )
         if fast.bottleneck is not None:
             with fast.heavy():
                 window = None if windows is None else windows.bottleneck

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from einops import rearrange
+from responsive import responsive
 
 from flexicodec_fast.fast import attention_windows, fast_decode, fast_encode
 from flexicodec_fast.fast_modules import (
@@ -19,7 +20,7 @@ from flexicodec_fast.fast_modules import (
 )
 from flexicodec_fast.reference.attention import AttentionPattern
 from flexicodec_fast.reference.errors import InputError
-from flexicodec_fast.reference.sensevoice import SANMAttention
+from flexicodec_fast.reference.sensevoice import PROMPT_ROWS, SANMAttention
 from flexicodec_fast.tiny import random_tiny_model
 
 CODE_KEYS = ("semantic_codes", "acoustic_codes", "token_lengths", "total_frames")
@@ -74,11 +75,9 @@ def test_fast_transformer_window_equals_the_reference_windowed_pattern(window):
     assert torch.equal(whole, exact)  # a window covering the sequence is the exact path
 
 
-def test_sensevoice_window_equals_the_reference_with_a_band_mask(monkeypatch):
-    """The reference SenseVoice, its attention scores masked to the band (prompt rows global)
-    in a readable replacement of its forward, against the fast encoder's banded mode."""
-    model = random_tiny_model(seed=5)
-    window, prompt = 3, 4
+def _band_masked_forward(window: int, prompt: int = len(PROMPT_ROWS)):
+    """A readable replacement of `SANMAttention.forward` whose attention scores are masked to
+    the band `|t - s| <= window` (the first `prompt` rows global)."""
 
     def band_masked_forward(self, x, mask):
         q, k, v = self.linear_q_k_v(x).chunk(3, dim=-1)
@@ -95,6 +94,14 @@ def test_sensevoice_window_equals_the_reference_with_a_band_mask(monkeypatch):
         attn = torch.matmul(torch.softmax(scores, dim=-1), vh)
         return self.linear_out(rearrange(attn, "b h l d -> b l (h d)")) + memory
 
+    return band_masked_forward
+
+
+def test_sensevoice_window_equals_the_reference_with_a_band_mask(monkeypatch):
+    """The reference SenseVoice, its attention scores masked to the band (prompt rows global)
+    in a readable replacement of its forward, against the fast encoder's banded mode."""
+    model = random_tiny_model(seed=5)
+    window = 3
     gen = torch.Generator().manual_seed(2)
     feats = torch.randn(2, 60, 560, generator=gen)
     lens = torch.tensor([60, 41])
@@ -102,7 +109,7 @@ def test_sensevoice_window_equals_the_reference_with_a_band_mask(monkeypatch):
         got = FastSenseVoice(model.semantic_model)(feats, lens, window)
         whole = FastSenseVoice(model.semantic_model)(feats, lens, 100)
         exact = FastSenseVoice(model.semantic_model)(feats, lens)
-        monkeypatch.setattr(SANMAttention, "forward", band_masked_forward)
+        monkeypatch.setattr(SANMAttention, "forward", _band_masked_forward(window))
         want = model.semantic_model(feats, lens)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, exact, rtol=1e-3, atol=1e-3)
@@ -143,6 +150,52 @@ def test_window_covering_the_clip_is_exact_and_a_narrow_one_is_batch_invariant()
     assert torch.isfinite(audio_out).all()
 
 
+def _banded_reference(model, windows):
+    """A copy of the fixed-window `model` whose transformers attend within the approximate
+    mode's windows: the window-query encoders and decoder at the aggregators' window, the
+    bottleneck at its own (SenseVoice is banded by `_band_masked_forward`)."""
+    banded = copy.deepcopy(model)
+    for module in (banded.semantic_aggregator, banded.acoustic_aggregator, banded.window_decoder):
+        module.transformer.pattern = AttentionPattern(window=windows.aggregator)
+    banded.bottleneck_transformer.pattern = AttentionPattern(window=windows.bottleneck)
+    return banded
+
+
+def test_fixed_window_model_in_the_approximate_mode_is_the_banded_reference(monkeypatch):
+    """A fixed-window model: a window covering the clip gives the exact reference's codes; a
+    narrow one gives those of the reference with every attention banded, audio within fp32
+    tolerance, and each item alone gets its batched codes."""
+    model = responsive(random_tiny_model(seed=6, aggregator="fixed_window", window=3))
+    audio, lens = _batch(4, [32000, 19000])
+    wide = fast_encode(audio, model, num_quantizers=4, audio_lens=lens, attention_window=10.0)
+    with torch.inference_mode():
+        exact = model.encode(audio, lens, num_quantizers=4)
+    for key in CODE_KEYS:
+        assert torch.equal(wide[key], exact[key]), key
+
+    seconds = 0.2
+    windows = attention_windows(seconds)
+    narrow = fast_encode(audio, model, num_quantizers=4, audio_lens=lens, attention_window=seconds)
+    codes = (narrow["semantic_codes"], narrow["acoustic_codes"], narrow["token_lengths"])
+    wav = fast_decode(model, *codes, attention_window=seconds)
+    with torch.inference_mode():
+        unbanded = model.decode(*codes)
+        banded = _banded_reference(model, windows)
+        monkeypatch.setattr(SANMAttention, "forward", _band_masked_forward(windows.sensevoice))
+        ref = banded.encode(audio, lens, num_quantizers=4)
+        want = banded.decode(*codes)
+    for key in CODE_KEYS:
+        assert torch.equal(narrow[key], ref[key]), key
+    torch.testing.assert_close(wav, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(wav, unbanded, rtol=1e-3, atol=1e-3)  # the bands do narrow
+    monkeypatch.undo()
+    for b, n in enumerate(lens.tolist()):
+        alone = fast_encode(audio[b : b + 1, :n], model, num_quantizers=4, attention_window=seconds)
+        g = int(alone["total_frames"][0])
+        for key in ("semantic_codes", "acoustic_codes"):
+            assert torch.equal(narrow[key][b, :, :g], alone[key][0]), (b, key)
+
+
 def test_window_sizes_and_errors():
     w = attention_windows(2.0)
     assert (w.sensevoice, w.aggregator, w.bottleneck) == (34, 50, 25)
@@ -152,6 +205,3 @@ def test_window_sizes_and_errors():
     for bad in (0, -1.0, float("nan"), float("inf"), True, "5"):
         with pytest.raises(InputError, match="attention_window"):
             fast_encode(audio, model, attention_window=bad)
-    fixed = random_tiny_model(seed=6, aggregator="fixed_window", window=3)
-    with pytest.raises(InputError, match="attention_window"):
-        fast_encode(audio, fixed, num_quantizers=2, attention_window=5.0)

@@ -6,6 +6,7 @@ runs under the interpreter here (tests/conftest.py), on small inputs.
 
 import pytest
 import torch
+from responsive import responsive
 
 import flexicodec_fast as ff
 from flexicodec_fast.fast import fast_decode, fast_encode
@@ -102,3 +103,111 @@ def test_triton_backend_under_interpreter_matches_reference():
         model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"], backend="triton"
     )
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- fixed windows
+# `aggregator: fixed_window` (ALMTokenizer): the fast path runs the window-query encoders and
+# decoder through the interleave kernels and the fast transformers; the reference model's
+# `encode` / `decode` are the truth. `_batch` pads with noise, not silence: padding must not
+# reach an item's codes.
+
+
+@pytest.fixture(scope="module")
+def windowed(request):
+    """A responsive tiny fixed-window model (its codes follow the audio), `window` = param."""
+    return responsive(random_tiny_model(seed=6, aggregator="fixed_window", window=request.param))
+
+
+def _frames(enc) -> list[int]:
+    return enc["token_lengths"].sum(dim=1).tolist()
+
+
+@pytest.mark.parametrize("windowed", [3, 4], indirect=True)
+@pytest.mark.parametrize("nq", [1, 4])
+def test_fixed_window_fast_equals_reference(windowed, nq):
+    window = windowed.config.window
+    audio, audio_lens = _batch(7 + nq, [14000, 5200, 9000])
+    with torch.inference_mode():
+        ref = windowed.encode(audio, audio_lens, num_quantizers=nq)
+        want = windowed.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
+    frames = _frames(ref)
+    assert len(set(frames)) == 3 and any(n % window for n in frames)  # ragged, short last windows
+    enc = fast_encode(audio, windowed, num_quantizers=nq, audio_lens=audio_lens, backend="torch")
+    for key in CODE_KEYS:
+        if ref[key] is None:
+            assert enc[key] is None
+        else:
+            assert torch.equal(enc[key], ref[key]), key
+    torch.testing.assert_close(enc["decoder_latent"], ref["decoder_latent"], rtol=1e-5, atol=1e-5)
+    got = fast_decode(
+        windowed,
+        enc["semantic_codes"],
+        enc["acoustic_codes"],
+        enc["token_lengths"],
+        backend="torch",
+    )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # Batch invariance: every item alone gets exactly its batched codes.
+    for b, n in enumerate(audio_lens.tolist()):
+        with torch.inference_mode():
+            alone = windowed.encode(audio[b : b + 1, :n], num_quantizers=nq)
+        groups = int(alone["total_frames"][0])
+        assert int(enc["total_frames"][b]) == groups
+        assert torch.equal(enc["token_lengths"][b, :groups], alone["token_lengths"][0])
+        assert not enc["token_lengths"][b, groups:].any()
+        for key in ("semantic_codes", "acoustic_codes"):
+            if ref[key] is not None:
+                assert torch.equal(enc[key][b, :, :groups], alone[key][0]), key
+                assert not enc[key][b, :, groups:].any(), key
+
+
+@pytest.mark.parametrize("windowed", [3], indirect=True)
+def test_fixed_window_fast_decodes_reference_codes(windowed):
+    """Codes from the reference's `encode`, decoded whole, with fewer acoustic stages and
+    with none; item b's audio past its frames is zero, as the reference's."""
+    audio, audio_lens = _batch(21, [11000, 16000])
+    with torch.inference_mode():
+        ref = windowed.encode(audio, audio_lens, num_quantizers=5)
+    sem, ac, lengths = ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"]
+    for acoustic in (ac, ac[:, :1], None):
+        with torch.inference_mode():
+            want = windowed.decode(sem, acoustic, lengths)
+        got = fast_decode(windowed, sem, acoustic, lengths, backend="torch")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("windowed", [3], indirect=True)
+def test_fixed_window_triton_backend_under_interpreter_matches_reference(windowed):
+    audio, lens = _batch(9, [4000, 2800])
+    with torch.inference_mode():
+        ref = windowed.encode(audio, lens, num_quantizers=3)
+        want = windowed.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
+    enc = fast_encode(audio, windowed, num_quantizers=3, audio_lens=lens, backend="triton")
+    for key in CODE_KEYS:
+        assert torch.equal(enc[key], ref[key]), key
+    got = fast_decode(
+        windowed,
+        enc["semantic_codes"],
+        enc["acoustic_codes"],
+        enc["token_lengths"],
+        backend="triton",
+    )
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("windowed", [3], indirect=True)
+def test_fixed_window_bf16_keeps_fp32_outputs_and_decisions(windowed):
+    """bf16 runs the heavy parts (the window-query transformers included) in bf16 only;
+    outputs stay fp32 and close to the reference's fp32 ones."""
+    audio, lens = _batch(5, [16000, 9000])
+    with torch.inference_mode():
+        ref = windowed.encode(audio, lens, num_quantizers=4)
+        want = windowed.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
+    enc = fast_encode(audio, windowed, num_quantizers=4, audio_lens=lens, precision="bf16")
+    assert torch.equal(enc["token_lengths"], ref["token_lengths"])  # fixed by the window
+    assert enc["decoder_latent"].dtype == torch.float32
+    assert float((enc["semantic_codes"] == ref["semantic_codes"]).float().mean()) >= 0.5
+    codes = (ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
+    wav = fast_decode(windowed, *codes, precision="bf16")
+    assert wav.dtype == torch.float32
+    assert float((wav - want).norm() / want.norm()) < 0.05
