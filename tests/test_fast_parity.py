@@ -60,6 +60,16 @@ def _batch(seed: int, lens: list[int]):
     return audio, torch.tensor(lens)
 
 
+def _assert_same_codes(enc, ref):
+    """Codes equal (None where the reference's are), latents within fp32 tolerance."""
+    for key in CODE_KEYS:
+        if ref[key] is None:
+            assert enc[key] is None
+        else:
+            assert torch.equal(enc[key], ref[key]), key
+    torch.testing.assert_close(enc["decoder_latent"], ref["decoder_latent"], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("lens", [[1360], [5000, 1360, 12345], [16000, 16000]])
 @pytest.mark.parametrize("nq", [1, 3, 5])
 def test_fast_equals_reference_on_random_tiny_models(tiny, lens, nq):
@@ -74,12 +84,7 @@ def test_fast_equals_reference_on_random_tiny_models(tiny, lens, nq):
         audio_lens=audio_lens,
         backend="torch",
     )
-    for key in CODE_KEYS:
-        if ref[key] is None:
-            assert enc[key] is None
-        else:
-            assert torch.equal(enc[key], ref[key]), key
-    torch.testing.assert_close(enc["decoder_latent"], ref["decoder_latent"], rtol=1e-5, atol=1e-5)
+    _assert_same_codes(enc, ref)
     with torch.inference_mode():
         want = tiny.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
     got = fast_decode(
@@ -118,8 +123,16 @@ def windowed(request):
     return responsive(random_tiny_model(seed=6, aggregator="fixed_window", window=request.param))
 
 
-def _frames(enc) -> list[int]:
-    return enc["token_lengths"].sum(dim=1).tolist()
+def _codes(enc) -> tuple:
+    """What `decode` takes: (semantic_codes, acoustic_codes, token_lengths)."""
+    return enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"]
+
+
+def _reference(model, audio, lens, nq: int):
+    """The reference's encode of a batch, and the decode of its codes."""
+    with torch.inference_mode():
+        ref = model.encode(audio, lens, num_quantizers=nq)
+        return ref, model.decode(*_codes(ref))
 
 
 @pytest.mark.parametrize("windowed", [3, 4], indirect=True)
@@ -127,25 +140,12 @@ def _frames(enc) -> list[int]:
 def test_fixed_window_fast_equals_reference(windowed, nq):
     window = windowed.config.window
     audio, audio_lens = _batch(7 + nq, [14000, 5200, 9000])
-    with torch.inference_mode():
-        ref = windowed.encode(audio, audio_lens, num_quantizers=nq)
-        want = windowed.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
-    frames = _frames(ref)
+    ref, want = _reference(windowed, audio, audio_lens, nq)
+    frames = ref["token_lengths"].sum(dim=1).tolist()
     assert len(set(frames)) == 3 and any(n % window for n in frames)  # ragged, short last windows
     enc = fast_encode(audio, windowed, num_quantizers=nq, audio_lens=audio_lens, backend="torch")
-    for key in CODE_KEYS:
-        if ref[key] is None:
-            assert enc[key] is None
-        else:
-            assert torch.equal(enc[key], ref[key]), key
-    torch.testing.assert_close(enc["decoder_latent"], ref["decoder_latent"], rtol=1e-5, atol=1e-5)
-    got = fast_decode(
-        windowed,
-        enc["semantic_codes"],
-        enc["acoustic_codes"],
-        enc["token_lengths"],
-        backend="torch",
-    )
+    _assert_same_codes(enc, ref)
+    got = fast_decode(windowed, *_codes(enc), backend="torch")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     # Batch invariance: every item alone gets exactly its batched codes.
     for b, n in enumerate(audio_lens.tolist()):
@@ -168,7 +168,7 @@ def test_fixed_window_fast_decodes_reference_codes(windowed):
     audio, audio_lens = _batch(21, [11000, 16000])
     with torch.inference_mode():
         ref = windowed.encode(audio, audio_lens, num_quantizers=5)
-    sem, ac, lengths = ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"]
+    sem, ac, lengths = _codes(ref)
     for acoustic in (ac, ac[:, :1], None):
         with torch.inference_mode():
             want = windowed.decode(sem, acoustic, lengths)
@@ -179,19 +179,11 @@ def test_fixed_window_fast_decodes_reference_codes(windowed):
 @pytest.mark.parametrize("windowed", [3], indirect=True)
 def test_fixed_window_triton_backend_under_interpreter_matches_reference(windowed):
     audio, lens = _batch(9, [4000, 2800])
-    with torch.inference_mode():
-        ref = windowed.encode(audio, lens, num_quantizers=3)
-        want = windowed.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
+    ref, want = _reference(windowed, audio, lens, 3)
     enc = fast_encode(audio, windowed, num_quantizers=3, audio_lens=lens, backend="triton")
     for key in CODE_KEYS:
         assert torch.equal(enc[key], ref[key]), key
-    got = fast_decode(
-        windowed,
-        enc["semantic_codes"],
-        enc["acoustic_codes"],
-        enc["token_lengths"],
-        backend="triton",
-    )
+    got = fast_decode(windowed, *_codes(enc), backend="triton")
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -200,14 +192,11 @@ def test_fixed_window_bf16_keeps_fp32_outputs_and_decisions(windowed):
     """bf16 runs the heavy parts (the window-query transformers included) in bf16 only;
     outputs stay fp32 and close to the reference's fp32 ones."""
     audio, lens = _batch(5, [16000, 9000])
-    with torch.inference_mode():
-        ref = windowed.encode(audio, lens, num_quantizers=4)
-        want = windowed.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
+    ref, want = _reference(windowed, audio, lens, 4)
     enc = fast_encode(audio, windowed, num_quantizers=4, audio_lens=lens, precision="bf16")
     assert torch.equal(enc["token_lengths"], ref["token_lengths"])  # fixed by the window
     assert enc["decoder_latent"].dtype == torch.float32
     assert float((enc["semantic_codes"] == ref["semantic_codes"]).float().mean()) >= 0.5
-    codes = (ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
-    wav = fast_decode(windowed, *codes, precision="bf16")
+    wav = fast_decode(windowed, *_codes(ref), precision="bf16")
     assert wav.dtype == torch.float32
     assert float((wav - want).norm() / want.norm()) < 0.05
