@@ -27,6 +27,7 @@ from flexicodec_fast.reference.training import (
     one_group_per_frame,
     training_step_outputs,
 )
+from flexicodec_fast.train import trainer as trainer_module
 from flexicodec_fast.train.cli import main as train_main
 from flexicodec_fast.train.config import load_train_config, parse_train_config
 from flexicodec_fast.train.data import (
@@ -433,3 +434,25 @@ def test_learning_rate_schedule():
     assert schedule(2_000_000) * 1e-4 == pytest.approx(5e-5)
     midpoint = 5000 + (1_000_000 - 5000) // 2
     assert schedule(midpoint) * 1e-4 == pytest.approx(7.5e-5, rel=1e-4)
+
+
+def test_a_bare_cuda_device_gets_an_index(monkeypatch):
+    """`--device cuda` trains on the current CUDA device (LOCAL_RANK's under torchrun):
+    `torch.cuda.set_device` itself refuses a device without an index. CUDA is simulated."""
+    chosen = []
+
+    def set_device(device):
+        if device.index is None:
+            raise ValueError("Expected a torch.device with a specified index")
+        chosen.append(device)
+
+    monkeypatch.setattr(trainer_module, "resolve_device", lambda d: torch.device(d))
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert trainer_module._device("cuda") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert trainer_module._device("cuda") == torch.device("cuda", 1)
+    assert trainer_module._device("cuda:0") == torch.device("cuda", 0)
+    assert trainer_module._device("cpu") == torch.device("cpu")
+    assert chosen == [torch.device("cuda", 0), torch.device("cuda", 1), torch.device("cuda", 0)]

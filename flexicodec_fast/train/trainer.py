@@ -158,9 +158,12 @@ def _start_processes(device: torch.device) -> Processes:
 
 
 def _device(device: str | torch.device) -> torch.device:
+    """The training device with an index on CUDA (`torch.cuda.set_device` refuses a bare
+    "cuda"): the process's LOCAL_RANK under torchrun, else the current device."""
     resolved = resolve_device(device)
-    if resolved.type == "cuda" and resolved.index is None and "LOCAL_RANK" in os.environ:
-        resolved = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if resolved.type == "cuda" and resolved.index is None:
+        rank = os.environ.get("LOCAL_RANK")
+        resolved = torch.device("cuda", torch.cuda.current_device() if rank is None else int(rank))
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     return resolved
