@@ -122,7 +122,7 @@ def _batch(seed: int, lens: list[int]):
 
 
 def test_window_covering_the_clip_is_exact_and_a_narrow_one_is_batch_invariant():
-    model = random_tiny_model(seed=0)
+    model = responsive(random_tiny_model(seed=0))
     audio, lens = _batch(3, [24000, 15000])
     exact = fast_encode(audio, model, num_quantizers=3, audio_lens=lens)
     wide = fast_encode(audio, model, num_quantizers=3, audio_lens=lens, attention_window=10.0)
