@@ -10,6 +10,7 @@ import pytest
 import torch
 from einops import rearrange
 from responsive import responsive
+from signals import noise_batch
 
 from flexicodec_fast.fast import attention_windows, fast_decode, fast_encode
 from flexicodec_fast.fast_modules import (
@@ -116,14 +117,9 @@ def test_sensevoice_window_equals_the_reference_with_a_band_mask(monkeypatch):
     assert torch.equal(whole, exact)  # a window covering the clip is the exact path
 
 
-def _batch(seed: int, lens: list[int]):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(len(lens), max(lens), generator=gen) * 0.3, torch.tensor(lens)
-
-
 def test_window_covering_the_clip_is_exact_and_a_narrow_one_is_batch_invariant():
     model = responsive(random_tiny_model(seed=0))
-    audio, lens = _batch(3, [24000, 15000])
+    audio, lens = noise_batch(3, [24000, 15000], 0.3)
     exact = fast_encode(audio, model, num_quantizers=3, audio_lens=lens)
     wide = fast_encode(audio, model, num_quantizers=3, audio_lens=lens, attention_window=10.0)
     for key in CODE_KEYS:
@@ -166,7 +162,7 @@ def test_fixed_window_model_in_the_approximate_mode_is_the_banded_reference(monk
     narrow one gives those of the reference with every attention banded, audio within fp32
     tolerance, and each item alone gets its batched codes."""
     model = responsive(random_tiny_model(seed=6, aggregator="fixed_window", window=3))
-    audio, lens = _batch(4, [32000, 19000])
+    audio, lens = noise_batch(4, [32000, 19000], 0.3)
     wide = fast_encode(audio, model, num_quantizers=4, audio_lens=lens, attention_window=10.0)
     with torch.inference_mode():
         exact = model.encode(audio, lens, num_quantizers=4)
@@ -201,7 +197,7 @@ def test_window_sizes_and_errors():
     assert (w.sensevoice, w.aggregator, w.bottleneck) == (34, 50, 25)
     assert attention_windows(None) is None
     model = random_tiny_model(seed=0)
-    audio, _ = _batch(1, [8000])
+    audio, _ = noise_batch(1, [8000], 0.3)
     for bad in (0, -1.0, float("nan"), float("inf"), True, "5"):
         with pytest.raises(InputError, match="attention_window"):
             fast_encode(audio, model, attention_window=bad)

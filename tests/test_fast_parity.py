@@ -7,6 +7,7 @@ runs under the interpreter here (tests/conftest.py), on small inputs.
 import pytest
 import torch
 from responsive import responsive
+from signals import noise_batch
 
 import flexicodec_fast as ff
 from flexicodec_fast.fast import fast_decode, fast_encode
@@ -51,20 +52,14 @@ def test_fast_decode_reproduces_official_audio(model, fixture_outputs, clip):
 
 # ----------------------------------------------------------------------------- tiny models
 # Random tiny models made responsive (tests/responsive.py): at their initial scales the
-# codes hardly follow the audio and a wrong frame, mask or length could go unseen. `_batch`
-# pads with noise, not silence: padding must not reach an item's codes.
+# codes hardly follow the audio and a wrong frame, mask or length could go unseen.
+# `noise_batch` pads with noise, not silence: padding must not reach an item's codes.
 
 
 @pytest.fixture(scope="module", params=[0, 1])
 def tiny(request):
     """A responsive tiny model that merges (the default aggregator), seed = param."""
     return responsive(random_tiny_model(seed=request.param))
-
-
-def _batch(seed: int, lens: list[int]):
-    gen = torch.Generator().manual_seed(seed)
-    audio = torch.randn(len(lens), max(lens), generator=gen) * 0.3
-    return audio, torch.tensor(lens)
 
 
 def _assert_same_codes(enc, ref):
@@ -130,7 +125,7 @@ THRESHOLDS = (0.999, 0.93, 0.86)
     ],
 )
 def test_fast_equals_reference_on_random_tiny_models(tiny, lens, nq, threshold):
-    audio, audio_lens = _batch(len(lens) + nq, lens)
+    audio, audio_lens = noise_batch(len(lens) + nq, lens, 0.3)
     ref, want = _reference(tiny, audio, audio_lens, nq, threshold)
     options = dict(num_quantizers=nq, merging_threshold=threshold)
     enc = fast_encode(audio, tiny, audio_lens=audio_lens, backend="torch", **options)
@@ -159,7 +154,7 @@ def test_fast_decodes_reference_codes(codec):
     """Codes from the reference's `encode` (ragged groups where it merges), decoded whole,
     with fewer acoustic stages and with none; item b's audio past its frames is zero, as
     the reference's."""
-    audio, audio_lens = _batch(21, [11000, 16000])
+    audio, audio_lens = noise_batch(21, [11000, 16000], 0.3)
     with torch.inference_mode():
         ref = codec.encode(audio, audio_lens, num_quantizers=5, merging_threshold=MERGING)
     sem, ac, lengths = _codes(ref)
@@ -172,7 +167,7 @@ def test_fast_decodes_reference_codes(codec):
 
 
 def test_triton_backend_under_interpreter_matches_reference(codec):
-    audio, lens = _batch(9, [12000, 7000])
+    audio, lens = noise_batch(9, [12000, 7000], 0.3)
     ref, want = _reference(codec, audio, lens, 3)
     enc = fast_encode(
         audio, codec, num_quantizers=3, merging_threshold=MERGING, audio_lens=lens, backend="triton"
@@ -188,7 +183,7 @@ def test_bf16_keeps_fp32_outputs_and_decisions(codec):
     in bf16 only; outputs stay fp32 and close to the reference's fp32 ones, and merging,
     on fp32 similarities, takes the reference's decisions where none is a near-tie. (Code
     agreement on the full-size model is measured by the benchmarks.)"""
-    audio, lens = _batch(5, [16000, 9000])
+    audio, lens = noise_batch(5, [16000, 9000], 0.3)
     ref, want = _reference(codec, audio, lens, 4, margin=1e-3)
     enc = fast_encode(
         audio, codec, num_quantizers=4, merging_threshold=MERGING, audio_lens=lens, precision="bf16"
@@ -214,7 +209,7 @@ def windowed(request):
 @pytest.mark.parametrize("nq", [1, 4])
 def test_fixed_window_fast_equals_reference(windowed, nq):
     window = windowed.config.window
-    audio, audio_lens = _batch(7 + nq, [14000, 5200, 9000])
+    audio, audio_lens = noise_batch(7 + nq, [14000, 5200, 9000], 0.3)
     ref, want = _reference(windowed, audio, audio_lens, nq)
     frames = ref["token_lengths"].sum(dim=1).tolist()
     assert len(set(frames)) == 3 and any(n % window for n in frames)  # ragged, short last windows

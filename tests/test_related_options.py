@@ -15,7 +15,7 @@ import torch
 import yaml
 from responsive import responsive
 from safetensors.torch import load_file
-from signals import harmonic_tone
+from signals import harmonic_tone, noise_batch
 
 import flexicodec_fast as ff
 from flexicodec_fast.reference.config import FlexiCodecConfig
@@ -178,12 +178,6 @@ def test_resume_equals_uninterrupted_with_options(name, data_dir, tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def _batch(seed: int, lengths: list[int]):
-    """Noise clips of `lengths` samples, padded with noise: padding must not reach codes."""
-    gen = torch.Generator().manual_seed(seed)
-    return 0.1 * torch.randn(len(lengths), max(lengths), generator=gen), torch.tensor(lengths)
-
-
 OPTION_OVERRIDES = {
     "bsq": {"semantic_quantizer": "bsq", "bsq_bits": 9},
     "focal": {"compressor": "focal", "focal_blocks": 1},
@@ -200,7 +194,7 @@ OPTION_OVERRIDES = {
 )
 def test_fast_path_equals_reference_per_option(option, backend):
     model = responsive(random_tiny_model(seed=4, **OPTION_OVERRIDES[option]))
-    audio, lens = _batch(1, [9000, 5200, 14000])
+    audio, lens = noise_batch(1, [9000, 5200, 14000], 0.1)
     with torch.inference_mode():
         ref = model.encode(audio, lens, num_quantizers=4, merging_threshold=0.95)
         want = model.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
@@ -223,7 +217,7 @@ def test_fast_path_equals_reference_per_option(option, backend):
 
 def test_bsq_codes_are_the_sign_bits_of_the_projection():
     model = random_tiny_model(seed=5, semantic_quantizer="bsq", bsq_bits=7)
-    audio, lens = _batch(2, [12000, 7000])
+    audio, lens = noise_batch(2, [12000, 7000], 0.1)
     captured = []
     model.semantic_vq.bsq.project_in.register_forward_hook(lambda m, i, out: captured.append(out))
     with torch.inference_mode():
@@ -237,7 +231,7 @@ def test_bsq_codes_are_the_sign_bits_of_the_projection():
 
 def test_fixed_window_tokens_and_decode_rules():
     model = random_tiny_model(seed=6, aggregator="fixed_window", window=3)
-    audio, lens = _batch(3, [16000, 9000])
+    audio, lens = noise_batch(3, [16000, 9000], 0.1)
     with torch.inference_mode():
         enc = model.encode(audio, lens, num_quantizers=2)
     frames = enc["token_lengths"].sum(1).tolist()
