@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -232,11 +233,13 @@ def test_sentence_plan_is_deterministic_and_splits_are_disjoint():
     assert {p["lang"] for p in plan} <= {"en", "de", "es", "fr"}
 
 
-@pytest.mark.skipif(
-    shutil.which("espeak-ng") is None,
-    reason="espeak-ng is not on PATH (system package `espeak-ng`); make_corpus.py needs it",
-)
 def test_make_corpus_small(tmp_path):
+    if shutil.which("espeak-ng") is None:
+        # .ci/run installs it: in CI a missing espeak-ng is a broken set-up, not a skip.
+        message = "espeak-ng is not on PATH (system package `espeak-ng`); make_corpus.py needs it"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     make_corpus = load_make_corpus()
     args = ["--out", str(tmp_path), "--num", "4", "--num-heldout", "2", "--workers", "1"]
     stats = make_corpus.main(args)
