@@ -367,7 +367,7 @@ def fast_encode(
     windows = attention_windows(attention_window)
     device = next(model.parameters()).device
     audio, audio_lens = prepare_audio(audio, audio_lens, sample_rate, mix_down, device)
-    model._check_encode_args(audio, audio_lens, num_quantizers, merging_threshold)
+    num_quantizers = model._check_encode_args(audio, audio_lens, num_quantizers, merging_threshold)
     if target_frame_rate is not None and not (
         isinstance(target_frame_rate, (int, float)) and 0 < target_frame_rate <= 12.5
     ):

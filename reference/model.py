@@ -10,6 +10,7 @@ official single-item (B = 1) results, which are our ground truth (spec §1.4).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -46,6 +47,33 @@ def _mask_after(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Zero `x` `[B, C, L]` at positions `>= lengths[b]`."""
     valid = torch.arange(x.shape[-1], device=x.device).view(1, 1, -1) < lengths.view(-1, 1, 1)
     return x * valid.to(x.dtype)
+
+
+def resolve_num_quantizers(model: FlexiCodec, num_quantizers: int | None) -> int:
+    """The quantizer count an encode uses: `num_quantizers`, or all the model has (1 semantic
+    + `n_codebooks` acoustic) when it is None or larger. The official code silently uses all
+    its codebooks when asked for more; we do the same and say so once."""
+    available = model.max_num_quantizers
+    if num_quantizers is None:
+        return available
+    if (
+        isinstance(num_quantizers, bool)
+        or not isinstance(num_quantizers, int)
+        or num_quantizers < 1
+    ):
+        raise InputError(
+            f"num_quantizers: expected an int >= 1 (1 semantic + up to "
+            f"{model.config.n_codebooks} acoustic), got {describe(num_quantizers)}"
+        )
+    if num_quantizers > available:
+        warnings.warn(
+            f"num_quantizers={num_quantizers} is more than this model has; using all "
+            f"{available} (1 semantic + {model.config.n_codebooks} acoustic), as the official "
+            "code does",
+            stacklevel=3,
+        )
+        return available
+    return num_quantizers
 
 
 def _pattern(window: int | None, causal: bool, context: int) -> AttentionPattern:
@@ -245,16 +273,9 @@ class FlexiCodec(nn.Module):
         acoustic tokens `[B, latent, G]` (0 past `num_groups`)."""
         return self.spd.predict(ac_tokens, num_groups)
 
-    def _check_encode_args(self, audio, audio_lens, num_quantizers, merging_threshold):
-        if (
-            isinstance(num_quantizers, bool)
-            or not isinstance(num_quantizers, int)
-            or not (1 <= num_quantizers <= self.max_num_quantizers)
-        ):
-            raise InputError(
-                f"num_quantizers: expected an int in [1, {self.max_num_quantizers}] (1 semantic + "
-                f"up to {self.config.n_codebooks} acoustic), got {describe(num_quantizers)}"
-            )
+    def _check_encode_args(self, audio, audio_lens, num_quantizers, merging_threshold) -> int:
+        """Validate the encode arguments; returns the quantizer count to use."""
+        num_quantizers = resolve_num_quantizers(self, num_quantizers)
         if (
             isinstance(merging_threshold, bool)
             or not isinstance(merging_threshold, (int, float))
@@ -267,6 +288,7 @@ class FlexiCodec(nn.Module):
         if isinstance(audio, torch.Tensor) and audio.is_floating_point() and audio.numel():
             if not bool(torch.isfinite(audio).all()):
                 raise InputError("audio: expected finite samples, got NaN or Inf values")
+        return num_quantizers
 
     def encode(
         self,
@@ -288,7 +310,9 @@ class FlexiCodec(nn.Module):
         `similarity` (alias `sim_matrix`) `[B, T-1]`, `semantic_features [B, 512, T]` (the
         12.5 Hz SenseVoice features that drive merging) and `decoder_latent [B, latent, G]`.
         """
-        self._check_encode_args(audio, audio_lens, num_quantizers, merging_threshold)
+        num_quantizers = self._check_encode_args(
+            audio, audio_lens, num_quantizers, merging_threshold
+        )
         if features is None:
             features, feature_lens = self.frontend(audio, audio_lens, dither)
         elif audio_lens is not None and not _is_int_tensor(audio_lens):

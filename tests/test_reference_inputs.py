@@ -64,7 +64,6 @@ GOOD = torch.zeros(1, 4000)
         (dict(audio=torch.zeros(1, 4000, dtype=torch.int16)), "float"),
         (dict(audio=[0.0] * 4000), "audio"),
         (dict(audio=GOOD, num_quantizers=0), "num_quantizers"),
-        (dict(audio=GOOD, num_quantizers=6), r"num_quantizers: expected an int in \[1, 5\]"),
         (dict(audio=GOOD, num_quantizers=2.0), "num_quantizers"),
         (dict(audio=GOOD, merging_threshold=float("nan")), "merging_threshold"),
         (dict(audio=GOOD, merging_threshold="0.9"), "merging_threshold"),
@@ -77,6 +76,18 @@ GOOD = torch.zeros(1, 4000)
 def test_bad_encode_input(model, kwargs, match):
     with pytest.raises(ff.InputError, match=match):
         model.encode(**{"num_quantizers": 4, **kwargs})
+
+
+def test_more_quantizers_than_the_model_has_uses_all_with_one_warning(model):
+    """As the official code: asking for more quantizers than 1 + n_codebooks uses them all."""
+    audio = torch.randn(1, 6000, generator=torch.Generator().manual_seed(2)) * 0.1
+    with torch.no_grad():
+        full = model.encode(audio, num_quantizers=model.max_num_quantizers)
+        with pytest.warns(UserWarning, match="using all 5") as record:
+            more = model.encode(audio, num_quantizers=model.max_num_quantizers + 3)
+    assert len(record) == 1
+    assert torch.equal(more["acoustic_codes"], full["acoustic_codes"])
+    assert torch.equal(more["semantic_codes"], full["semantic_codes"])
 
 
 def _codes(model):
