@@ -9,6 +9,7 @@ dequantised vector is element-wise exact given equal codes (checked through an i
 project-out); outputs are fp32 reductions within rtol 1e-5, atol 1e-6.
 """
 
+import itertools
 import math
 
 import pytest
@@ -189,6 +190,45 @@ def test_near_ties_are_the_only_source_of_disagreement(backend):
     assert torch.equal(codes[~near], ref_codes[~near])
     if backend == "torch":
         assert torch.equal(codes, ref_codes)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_ties_round_half_to_even(backend):
+    """Bounded values exactly on a half-integer in fp32, on every path: tanh is exactly 0 at
+    z = -shift and exactly +-1 once saturated (z = +-20), so the bounded value is `-off`
+    (-0.5 for even L) or `+-half - off` (+-499.5 for L = 1001, whose half is exactly
+    1000 * 0.999 / 2 = 499.5 in fp32). Half-to-even gives 0 and +-500 there; half-up would
+    give -499 and half-away-from-zero -1. The identity project-in makes z_j = x_j exactly."""
+    levels = [1001, 8, 6]
+    n, dim = len(levels), 16
+    module = FSQ(levels, dim).eval()
+    with torch.no_grad():
+        module.project_in.weight.copy_(torch.eye(n, dim))
+        module.project_in.bias.zero_()
+    half = (module.levels - 1) * (1 - 1e-3) / 2
+    shift = (torch.where(module.levels % 2 == 0, 0.5, 0.0) / half).tan()
+    assert half[0] == 499.5 and shift[0] == 0
+    # Per level: (z, the rounded value it must give, whether the bounded value is a tie).
+    choices = [
+        [(20.0, 500, True), (-20.0, -500, True), (0.0, 0, False)],
+        [(-float(shift[1]), 0, True), (20.0, 3, False), (-20.0, -4, False)],
+        [(-float(shift[2]), 0, True), (-20.0, -3, False)],
+    ]
+    rows = list(itertools.product(*choices))
+    z, rounded, tie = (torch.tensor([[c[i] for c in row] for row in rows]) for i in range(3))
+    gen = torch.Generator().manual_seed(7)
+    x = torch.cat([z, torch.randn(len(rows), dim - n, generator=gen)], dim=-1)[None]
+    with torch.no_grad():
+        bounded = module.bound(module.project_in(x).float())[0]
+    assert torch.equal(bounded - bounded.floor() == 0.5, tie)
+    ref_out, ref_codes = _reference(module, x)
+    assert torch.equal(module.indices_to_codes(ref_codes)[0] * (module.levels // 2), rounded)
+    eye = torch.zeros(dim, n)
+    eye[:n] = torch.eye(n)
+    w_in, b_in, _, _ = _weights(module)
+    out, codes = fsq(x, w_in, b_in, eye, torch.zeros(dim), levels, backend=backend)
+    assert torch.equal(codes, ref_codes)
+    assert torch.equal(out[0, :, :n] * (module.levels // 2), rounded)
 
 
 def test_constants_are_the_references():
