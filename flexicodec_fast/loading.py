@@ -1,4 +1,5 @@
-"""`prepare_model`: build a FlexiCodec from official files, offline (design §6)."""
+"""`prepare_model`: build a FlexiCodec from official files, offline (design §6); the
+released files come from the Hugging Face cache (`hub`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from . import hub
 from .reference.checkpoint import build_from_state_dicts, read_state_dict
 from .reference.config import FlexiCodecConfig, SenseVoiceConfig
 from .reference.errors import CheckpointError, InputError
@@ -53,20 +55,43 @@ def prepare_model(
     config_path: str | Path | None = None,
     sensevoice_small_path: str | Path | None = None,
     device: str | torch.device = "auto",
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
 ) -> FlexiCodec:
     """Load a FlexiCodec in eval mode on `device`; nothing is downloaded or unpickled.
 
     With no arguments, the small built-in model bundled with the package (trained here on
     synthetic espeak-ng speech; see docs/builtin_model.md) is loaded.
 
-    ckpt_path: FlexiCodec weights (`.safetensors`, fp32 or fp16; or a weights-only `.pt`).
+    The released model (what the official `prepare_model()` loads): run
+    `flexicodec-fast download` once, then `prepare_model("released")` reads
+    `12hz_v1_half.safetensors` and `12hz_v1_half_config.yaml` of `jiaqili3/flexicodec` and
+    SenseVoiceSmall of `FunAudioLLM/SenseVoiceSmall` from the Hugging Face cache, without a
+    network (`repo_id` / `revision` pick another repository or revision of the first two;
+    any path given explicitly is used instead of its released file). Needs the `hub` extra.
+
+    ckpt_path: FlexiCodec weights (`.safetensors`, fp32 or fp16; or a weights-only `.pt`),
+        or "released".
     config_path: the official-layout config YAML (top-level `model:` mapping).
     sensevoice_small_path: SenseVoiceSmall folder (`model.pt`, `config.yaml`, `am.mvn`), used
         when the checkpoint has no `semantic_model.*` weights; its `am.mvn` (else the bundled
         official copy) sets the front-end's CMVN.
+    Each path may also be `hf://org/repo/path/in/repo` (a folder: `hf://org/repo`), read from
+        the Hugging Face cache (see `flexicodec_fast.hub`).
     Returns the reference `FlexiCodec`; `model.load_report` says what was loaded and skipped.
     """
-    if ckpt_path is None and config_path is None and sensevoice_small_path is None:
+    if hub.names_released(ckpt_path) or repo_id is not None or revision is not None:
+        given = {
+            "ckpt_path": None if hub.names_released(ckpt_path) else ckpt_path,
+            "config_path": config_path,
+            "sensevoice_small_path": sensevoice_small_path,
+        }
+        released = hub.released_files(repo_id, revision)
+        ckpt_path, config_path, sensevoice_small_path = (
+            released[name] if value is None else value for name, value in given.items()
+        )
+    elif ckpt_path is None and config_path is None and sensevoice_small_path is None:
         if not (BUILTIN_DIR / "model.safetensors").is_file():
             raise CheckpointError(
                 "prepare_model(): the built-in default model is not bundled in this install; "
@@ -80,9 +105,11 @@ def prepare_model(
             f"ckpt_path={ckpt_path!r}, config_path={config_path!r}"
         )
     target = resolve_device(device)
-    config = FlexiCodecConfig.from_yaml(config_path)
+    ckpt_path = hub.local_file(ckpt_path, "ckpt_path")
+    config = FlexiCodecConfig.from_yaml(hub.local_file(config_path, "config_path"))
     checkpoint = read_state_dict(ckpt_path, "ckpt_path")
-    sv_state, sv_config, cmvn = _sensevoice_files(sensevoice_small_path)
+    sensevoice_folder = hub.local_folder(sensevoice_small_path, "sensevoice_small_path")
+    sv_state, sv_config, cmvn = _sensevoice_files(sensevoice_folder)
     model, report = build_from_state_dicts(config, checkpoint, sv_state, sv_config, cmvn)
     log.info("loaded %s: %s", ckpt_path, report.summary())
     model.load_report = report
