@@ -207,6 +207,72 @@ def test_near_ties_are_the_only_source_of_disagreement(backend):
     assert (out.similarity - sim).abs().max() < 1e-6
 
 
+def _exact_similarity_frames():
+    """`[1, 13, 8]` frames whose adjacent similarities are the same fp32 value on every path:
+    integer vectors of integer norm (3, 4) and (4, 3), their multiples by powers of two and
+    negatives, unit vectors and zero frames, so each norm is exact and each dot product has
+    at most two non-zero terms (no summation order to differ in)."""
+    a = torch.tensor([3.0, 4.0, 0, 0, 0, 0, 0, 0])
+    b = torch.tensor([0, 0, 0, 0, 0, 0, 4.0, 3.0])
+    c = torch.tensor([4.0, 3.0, 0, 0, 0, 0, 0, 0])
+    e = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])
+    zero = torch.zeros(8)
+    return torch.stack([a, c, 2 * a, 0.25 * c, zero, zero, a, a, -a, e, e, b, 8 * b])[None]
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_exact_ties_start_a_group(backend):
+    """`s <= tau` starts a group (spec §4): tau set to each similarity the frames give
+    exactly (0 from zero frames, +-1, 0.96, -0.6), every path splits at the tie."""
+    h = _exact_similarity_frames()
+    sim = ref.adjacent_cosine(h)
+    taus = sorted(set(sim.flatten().tolist()))
+    assert taus == pytest.approx([-1.0, -0.6, 0.0, 0.96, 1.0], abs=1e-6)
+    for tau in taus:
+        expected = torch.cat([torch.ones(1, 1), sim <= tau], dim=1).long().cumsum(1) - 1
+        if backend == "reference":
+            out = ref.segment(h, tau, None)
+        else:
+            out = segment(h, threshold=tau, max_tokens_per_group=None, backend=backend)
+            assert torch.equal(out.similarity, sim)
+        assert torch.equal(out.group_ids, expected), tau
+        counts = torch.bincount(expected[0])
+        assert out.num_groups.tolist() == [len(counts)], tau
+        assert torch.equal(out.token_lengths[0, : len(counts)], counts), tau
+        assert not out.token_lengths[0, len(counts) :].any(), tau
+
+
+def _official_cosine(h):
+    """Spec §4: sum_d (h_t / max(|h_t|, 1e-8)) * (h_t+1 / max(|h_t+1|, 1e-8)), in float64."""
+    x = h.double()
+    unit = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    return (unit[:, :-1] * unit[:, 1:]).sum(-1)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_tiny_norms_follow_the_official_eps(backend):
+    """Frames of norm 1e-7 are normalised (eps 1e-8 is below them) and frames of norm 1e-9
+    are divided by 1e-8: similar directions give ~0.95 between two frames of norm 1e-7 or
+    one of 1e-7 and one of 1, ~0.095 with one frame of norm 1e-9 and ~0.0095 with two. An
+    eps 100 times larger or smaller moves these by 10x; tau 0.5 turns that into splits."""
+    gen = torch.Generator().manual_seed(12)
+    base = torch.randn(24, generator=gen)
+    directions = base + 0.3 * torch.randn(10, 24, generator=gen)
+    unit = directions / directions.norm(dim=-1, keepdim=True)
+    norms = torch.tensor([1.0, 1e-7, 1e-7, 1.0, 1e-9, 1e-7, 1e-9, 1e-9, 1.0, 1e-7])
+    h = (unit * norms[:, None])[None]
+    want = _official_cosine(h)
+    assert (want > 0.5).sum() >= 4 and (want < 0.5).sum() >= 4
+    assert ((want - 0.5).abs() > 0.1).all()
+    if backend == "reference":
+        got = ref.segment(h, 0.5, None)
+    else:
+        got = segment(h, threshold=0.5, max_tokens_per_group=None, backend=backend)
+    torch.testing.assert_close(got.similarity.double(), want, rtol=0, atol=1e-6)
+    expected = torch.cat([torch.ones(1, 1), want <= 0.5], dim=1).long().cumsum(1) - 1
+    assert torch.equal(got.group_ids, expected)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch_and_strided_frames(backend):
     empty = segment(torch.zeros(0, 5, 8), threshold=0.5, backend=backend)
