@@ -18,9 +18,10 @@ the scale folded in). fp32 inputs multiply in full fp32 with `fp32_precision="ie
 parity mode, the default) or in tf32 with `"tf32"`; fp16/bf16 inputs use tensor cores.
 
 Layout: q, k, v `[B, H, L, Dh]` with a contiguous last dimension (any other strides, so the
-views of a fused QKV projection can be passed as they are); lengths `[B]` int64 or None
-(values past L act as L); output `[B, L, H*Dh]` contiguous, the input dtype, ready for the
-output projection.
+views of a fused QKV projection can be passed as they are) and any even Dh (the Triton path
+takes Dh <= 128 and pads its tiles to a power of two, see `tile_width`); lengths `[B]` int64
+or None (values past L act as L); output `[B, L, H*Dh]` contiguous, the input dtype, ready
+for the output projection.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ._triton import select_backend, tl, triton
 from .aot import AotSpec
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-HEAD_DIMS = (16, 32, 64, 128)
+MAX_HEAD_DIM = 128
 PRECISIONS = ("ieee", "tf32")
 NUM_STAGES = 2
 TORCH_QUERY_CHUNK = 256
@@ -43,13 +44,13 @@ LOG2_E = 1.4426950408889634
 
 
 @triton.jit
-def _rope(x, cos, sin, ROWS: tl.constexpr, HALF: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Rotate the interleaved pairs of `x` `[ROWS, HEAD_DIM]` in fp32 by `cos, sin`
+def _rope(x, cos, sin, ROWS: tl.constexpr, HALF: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rotate the interleaved pairs of `x` `[ROWS, BLOCK_D]` in fp32 by `cos, sin`
     `[ROWS, HALF]`, in the reference's operation order, and cast back to x's dtype."""
     re, im = tl.split(tl.reshape(x.to(tl.float32), [ROWS, HALF, 2]))
     out_re = re * cos - im * sin
     out_im = re * sin + im * cos
-    return tl.reshape(tl.join(out_re.to(x.dtype), out_im.to(x.dtype)), [ROWS, HEAD_DIM])
+    return tl.reshape(tl.join(out_re.to(x.dtype), out_im.to(x.dtype)), [ROWS, BLOCK_D])
 
 
 @triton.jit
@@ -79,6 +80,7 @@ def _attention_kernel(
     after,
     qk_scale,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BANDED: tl.constexpr,
@@ -92,8 +94,12 @@ def _attention_kernel(
     `[m0 - before, m0 + BLOCK_M - 1 + after]` and `[0, len)` are visited, so a banded
     pattern costs O(L * (before + after)) rather than O(L^2). `qk_scale` is
     `log2(e) / sqrt(HEAD_DIM)`, so the softmax runs on exp2.
+
+    Tiles are `BLOCK_D` wide, a power of two >= 16 (what `tl.dot` takes) and >= HEAD_DIM:
+    the columns past HEAD_DIM load as zeros, which add nothing to q.k, rotate to zeros
+    (whole pairs, as HEAD_DIM is even) and are not stored.
     """
-    HALF: tl.constexpr = HEAD_DIM // 2
+    HALF: tl.constexpr = BLOCK_D // 2
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -102,21 +108,24 @@ def _attention_kernel(
 
     m0 = pid_m * BLOCK_M
     rows = m0 + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, HEAD_DIM)
+    dims = tl.arange(0, BLOCK_D)
     pairs = tl.arange(0, HALF)
+    dim_in = (dims < HEAD_DIM)[None, :]
+    pair_in = (pairs < HEAD_DIM // 2)[None, :]
 
+    row_in = (rows < L)[:, None]
     q = tl.load(
         q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
-        mask=(rows < L)[:, None],
+        mask=row_in & dim_in,
         other=0.0,
     )
     q_cos = tl.load(
-        cos_ptr + rows[:, None] * stride_tl + pairs[None, :], mask=(rows < L)[:, None], other=0.0
+        cos_ptr + rows[:, None] * stride_tl + pairs[None, :], mask=row_in & pair_in, other=0.0
     )
     q_sin = tl.load(
-        sin_ptr + rows[:, None] * stride_tl + pairs[None, :], mask=(rows < L)[:, None], other=0.0
+        sin_ptr + rows[:, None] * stride_tl + pairs[None, :], mask=row_in & pair_in, other=0.0
     )
-    q = _rope(q, q_cos, q_sin, BLOCK_M, HALF, HEAD_DIM)
+    q = _rope(q, q_cos, q_sin, BLOCK_M, HALF, BLOCK_D)
 
     if BANDED:
         lo = tl.maximum(m0 - before, 0)
@@ -129,21 +138,22 @@ def _attention_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
     for n0 in range(lo, hi, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_in = (cols < L)[:, None]
-        k = tl.load(k_base + cols[:, None] * stride_kl + dims[None, :], mask=col_in, other=0.0)
+        k_in = col_in & dim_in
+        k = tl.load(k_base + cols[:, None] * stride_kl + dims[None, :], mask=k_in, other=0.0)
         k_cos = tl.load(
-            cos_ptr + cols[:, None] * stride_tl + pairs[None, :], mask=col_in, other=0.0
+            cos_ptr + cols[:, None] * stride_tl + pairs[None, :], mask=col_in & pair_in, other=0.0
         )
         k_sin = tl.load(
-            sin_ptr + cols[:, None] * stride_tl + pairs[None, :], mask=col_in, other=0.0
+            sin_ptr + cols[:, None] * stride_tl + pairs[None, :], mask=col_in & pair_in, other=0.0
         )
-        k = _rope(k, k_cos, k_sin, BLOCK_N, HALF, HEAD_DIM)
-        v = tl.load(v_base + cols[:, None] * stride_vl + dims[None, :], mask=col_in, other=0.0)
+        k = _rope(k, k_cos, k_sin, BLOCK_N, HALF, BLOCK_D)
+        v = tl.load(v_base + cols[:, None] * stride_vl + dims[None, :], mask=k_in, other=0.0)
 
         qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
         visible = (cols < length)[None, :]
@@ -167,7 +177,7 @@ def _attention_kernel(
     tl.store(
         o_ptr + b * stride_ob + rows[:, None] * stride_ol + h * HEAD_DIM + dims[None, :],
         out.to(o_ptr.dtype.element_ty),
-        mask=(rows < L)[:, None],
+        mask=row_in & dim_in,
     )
 
 
@@ -254,8 +264,10 @@ def attention_torch(
 ):
     """Torch path: RoPE by `apply_rope`, then `F.scaled_dot_product_attention`.
 
-    Without masking (every key of every item visible) one mask-free SDPA call runs, which
+    Without masking (`lengths` None and no band) one mask-free SDPA call runs, which
     PyTorch serves with its flash kernel: memory O(L), the whole hour-long case included.
+    Callers pass None when they know every item is full length: finding that out here would
+    read the lengths on the host (a device sync).
     Otherwise `banded_sdpa` runs, `TORCH_QUERY_CHUNK` queries at a time over the keys their
     band can reach.
     Returns `[B, L, H*Dh]` with rows past each item's length zero.
@@ -264,8 +276,6 @@ def attention_torch(
     cos, sin = rope_tables(length, head_dim, max_period, device=q.device)
     q, k = _rope_in_chunks(q, cos, sin), _rope_in_chunks(k, cos, sin)
     positions = torch.arange(length, device=q.device)
-    if lengths is not None and bool((lengths >= length).all()):
-        lengths = None
     banded, before, after = band_limits(length, window, causal, context)
     if lengths is None and not banded:
         out = F.scaled_dot_product_attention(q, k, v)
@@ -291,31 +301,41 @@ def _rope_in_chunks(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
     return out
 
 
-def launch_config(head_dim: int, dtype: torch.dtype, fp32_precision: str) -> tuple[int, int, int]:
-    """Production `(BLOCK_M, BLOCK_N, num_warps)`: the largest tiles that do not spill on
-    sm_80 or sm_90 (measured with `kernels.aot`; the production head dim 64 is checked by
-    tests/test_aot.py). Full-fp32 products run on CUDA cores and hold their operands in
-    registers, hence the small tiles of the "ieee" mode."""
+def tile_width(head_dim: int) -> int:
+    """The kernel's `BLOCK_D` for `head_dim`: the next power of two, at least 16 (the
+    smallest inner dimension `tl.dot` takes)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def launch_config(block_d: int, dtype: torch.dtype, fp32_precision: str) -> tuple[int, int, int]:
+    """Production `(BLOCK_M, BLOCK_N, num_warps)` for tiles `block_d` wide: the largest tiles
+    that do not spill on sm_80 or sm_90 (measured with `kernels.aot`; the production head
+    dim 64 is checked by tests/test_aot.py). Full-fp32 products run on CUDA cores and hold
+    their operands in registers, hence the small tiles of the "ieee" mode."""
     if dtype != torch.float32:
-        return (64, 64, 4) if head_dim <= 64 else (64, 32, 4)
+        return (64, 64, 4) if block_d <= 64 else (64, 32, 4)
     if fp32_precision == "tf32":
-        return (64, 32, 4) if head_dim <= 64 else (32, 32, 4)
-    return (32, 16, 4) if head_dim <= 64 else (16, 16, 8)
+        return (64, 32, 4) if block_d <= 64 else (32, 32, 4)
+    return (32, 16, 4) if block_d <= 64 else (16, 16, 8)
 
 
 def _launch(
     q, k, v, lengths, window, causal, context, max_period, fp32_precision, block_m, block_n
 ):
     batch, heads, length, head_dim = q.shape
-    if head_dim not in HEAD_DIMS:
-        raise ValueError(f"the Triton kernel supports head dims {HEAD_DIMS}, got {head_dim}")
+    block_d = tile_width(head_dim)
+    if block_d > MAX_HEAD_DIM:
+        raise ValueError(
+            f"the Triton kernel supports head dims up to {MAX_HEAD_DIM}, got {head_dim}: "
+            "use backend='auto' (the torch path for wider heads) or 'torch'"
+        )
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(
                 f"{name} must have a contiguous last dimension (stride 1) for the "
                 f"Triton kernel, got strides {list(t.stride())}"
             )
-    default_m, default_n, num_warps = launch_config(head_dim, q.dtype, fp32_precision)
+    default_m, default_n, num_warps = launch_config(block_d, q.dtype, fp32_precision)
     block_m, block_n = block_m or default_m, block_n or default_n
     out = torch.empty(batch, length, heads * head_dim, dtype=q.dtype, device=q.device)
     if out.numel() == 0:
@@ -350,6 +370,7 @@ def _launch(
         after,
         LOG2_E / math.sqrt(head_dim),
         HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BANDED=banded,
@@ -430,7 +451,10 @@ def _attention_op(
     block_m: int,
     block_n: int,
 ) -> torch.Tensor:
-    if select_backend(backend, q.device) == "triton":
+    # "auto" leaves heads wider than MAX_HEAD_DIM to the torch path: 256-wide tiles spill
+    # registers on sm_80 and sm_90 with the wide-head launch configs (kernels.aot).
+    wide = backend == "auto" and q.shape[-1] > MAX_HEAD_DIM
+    if select_backend(backend, q.device) == "triton" and not wide:
         return _launch(
             q, k, v, lengths, window, causal, context, max_period, fp32_precision, block_m, block_n
         )
@@ -465,7 +489,8 @@ def attention(
     lengths: valid positions per item `[B]` int64, or None (all L). Pattern: full (default),
     `window=w` (|t - s| <= w) or `causal=True` with optional `context=c` (0 <= t - s < c).
     fp32_precision: "ieee" (parity) or "tf32", for fp32 inputs on the Triton path.
-    backend: "auto" | "triton" | "torch". blocks: `(BLOCK_M, BLOCK_N)` override of the Triton
+    backend: "auto" | "triton" | "torch" ("auto" runs head dims over `MAX_HEAD_DIM` on the
+    torch path; "triton" refuses them). blocks: `(BLOCK_M, BLOCK_N)` override of the Triton
     tile (tests use small tiles to exercise multi-block loops). Registered as
     `torch.ops.flexicodec_fast.attention`. Not differentiable.
     """
@@ -511,7 +536,7 @@ _STRIDES = (
 def _spec(dtype: str, precision: str = "ieee", window: int | None = None) -> AotSpec:
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     size = torch_dtype.itemsize
-    block_m, block_n, num_warps = launch_config(_DH, torch_dtype, precision)
+    block_m, block_n, num_warps = launch_config(tile_width(_DH), torch_dtype, precision)
     # Keys each query visits: all of them, or the blocks its band touches.
     keys = _L if window is None else min(_L, 2 * window + block_m + block_n)
     tensor_cores = dtype != "fp32" or precision == "tf32"
@@ -536,6 +561,7 @@ def _spec(dtype: str, precision: str = "ieee", window: int | None = None) -> Aot
         },
         constexprs={
             "HEAD_DIM": _DH,
+            "BLOCK_D": tile_width(_DH),
             "BLOCK_M": block_m,
             "BLOCK_N": block_n,
             "BANDED": window is not None,

@@ -86,6 +86,60 @@ def test_head_dims_and_default_tiles(head_dim):
         _assert_fp32_close(attention(q, k, v, lengths, backend="triton", **PATTERNS[pattern]), ref)
 
 
+@pytest.mark.parametrize(("head_dim", "tile"), [(2, 16), (12, 16), (80, 128), (96, 128)])
+def test_head_dims_padded_to_a_power_of_two(head_dim, tile):
+    # The kernel's tiles are `tile` wide: the padding must leave q.k, the interleaved RoPE
+    # pairs and the 1 / sqrt(Dh) softmax scale on the true head dim, and read nothing past
+    # Dh: q, k, v are views whose rows continue with NaN up to the tile's width.
+    q, k, v = _qkv(3, 2, 37, head_dim, seed=10)
+    q, k, v = (
+        torch.cat([t, t.new_full((3, 2, 37, tile - head_dim), torch.nan)], -1) for t in (q, k, v)
+    )
+    q, k, v = (t[..., :head_dim] for t in (q, k, v))
+    lengths = _lengths(3, 37)
+    for pattern in ("full", "window1", "causal", "causal_context5"):
+        ref = reference_core(q, k, v, lengths, PATTERNS[pattern])
+        for blocks in ((16, 16), None):
+            out = attention(q, k, v, lengths, backend="triton", blocks=blocks, **PATTERNS[pattern])
+            assert out.shape == ref.shape
+            _assert_fp32_close(out, ref)
+
+
+def test_fp16_padded_head_dim_error_within_twice_pytorch():
+    q, k, v = (t.half() for t in _qkv(2, 2, 29, 80, seed=11))
+    lengths = torch.tensor([29, 18])
+    for pattern in ("full", "causal_context5"):
+        kwargs = PATTERNS[pattern]
+        truth = reference_core(q.double(), k.double(), v.double(), lengths, kwargs)
+        torch_fp16 = reference_core(q, k, v, lengths, kwargs).double()
+        kernel = attention(q, k, v, lengths, backend="triton", blocks=(16, 16), **kwargs)
+
+        def error(x, truth=truth):
+            return ((x.double() - truth).norm() / truth.norm()).item()
+
+        assert error(kernel) <= 2 * error(torch_fp16) + 1e-6, (pattern, error(kernel))
+
+
+def test_heads_wider_than_the_kernel_take_the_torch_path_under_auto(monkeypatch):
+    q, k, v = _qkv(2, 1, 9, 256, seed=12)
+    lengths = torch.tensor([9, 5])
+    torch_path = attention(q, k, v, lengths, backend="torch", window=2)
+    # As on CUDA: "auto" resolves to Triton; which head dims reach the launcher?
+    launched = []
+
+    def launch(q, *args):
+        launched.append(q.shape[-1])
+        return q.new_zeros(q.shape[0], q.shape[2], q.shape[1] * q.shape[3])
+
+    monkeypatch.setattr(attention_mod, "select_backend", lambda backend, device: "triton")
+    monkeypatch.setattr(attention_mod, "_launch", launch)
+    out = attention(q, k, v, lengths, window=2)
+    assert launched == []
+    assert torch.equal(out, torch_path)
+    attention(q[..., :128], k[..., :128], v[..., :128], lengths)
+    assert launched == [128]
+
+
 def test_no_lengths_and_4_item_batch_with_empty_item():
     q, k, v = _qkv(4, 1, 20, 16, seed=2)
     ref = reference_core(q, k, v, None, {})
@@ -239,9 +293,9 @@ def test_errors():
     with pytest.raises(ValueError, match="head dim of q must be even"):
         odd = torch.randn(1, 1, 4, 15)
         attention(odd, odd, odd)
-    small = torch.randn(1, 1, 4, 8)
-    with pytest.raises(ValueError, match=r"supports head dims \(16, 32, 64, 128\), got 8"):
-        attention(small, small, small, backend="triton")
+    wide = torch.randn(1, 1, 4, 130)
+    with pytest.raises(ValueError, match="supports head dims up to 128, got 130"):
+        attention(wide, wide, wide, backend="triton")
     with pytest.raises(ValueError, match="q must have a contiguous last dimension"):
         qt = q.transpose(2, 3).contiguous().transpose(2, 3)
         attention(qt, k, v, backend="triton")
