@@ -6,9 +6,12 @@ product. All of that may change summation order only: results agree with the ref
 fp32 rounding (end-to-end parity of the codes is in test_fast_parity.py).
 """
 
+import math
+
 import pytest
 import torch
 
+from flexicodec_fast import conv_stack
 from flexicodec_fast.conv_stack import Conv, FastDecoder, FastEncoder
 from flexicodec_fast.reference.dac import Decoder, Encoder
 from flexicodec_fast.reference.weight_norm import WNConv1d
@@ -68,3 +71,90 @@ def test_pointwise_convolution_writes_into_the_given_buffer():
         want = module(x)
     assert got is out
     torch.testing.assert_close(got.squeeze(2), want, rtol=1e-6, atol=1e-6)
+
+
+# Small chunks make a few dozen frames run as several chunks (production: 512 frames).
+SMALL_CHUNK = 4
+# Encoder rates (the decoder's are reversed): the tiny stacks' and the built-in model's.
+RATES = [[2, 4, 5], [2, 4, 8, 8]]
+
+
+def _reach(module, x, per_in: int, per_out: int) -> tuple[int, int]:
+    """Receptive field of `module` in frames, measured: the input frame in the middle is
+    changed, in float64 (where no dependency rounds away), and the output frames that change
+    are counted on either side. Returns (left, right): how far back and ahead of an output
+    frame its inputs lie. per_in / per_out: input / output positions a frame."""
+    frame = x.shape[-1] // per_in // 2
+    with torch.inference_mode():
+        base = module(x)
+        moved = x.clone()
+        moved[..., frame * per_in : (frame + 1) * per_in] += 1
+        changed = (module(moved) != base).flatten(0, 1).any(0).nonzero().flatten() // per_out
+    return int(changed.max()) - frame, frame - int(changed.min())
+
+
+@pytest.mark.parametrize("rates", RATES)
+def test_chunk_context_covers_the_receptive_field(rates):
+    """Each chunk's context is at least the stacks' receptive field, measured on the
+    reference in float64: one frame of context less than the field changes the frames next
+    to every chunk boundary."""
+    hop = math.prod(rates)
+    encoder = _randomised(Encoder(4, rates, 8), seed=6)
+    decoder = _randomised(Decoder(8, 32, rates[::-1]), seed=7)
+    gen = torch.Generator().manual_seed(8)
+    frames = 60
+    x = torch.randn(1, 1, frames * hop, generator=gen, dtype=torch.float64)
+    z = torch.randn(1, 8, frames, generator=gen, dtype=torch.float64)
+    encoder_reach = _reach(encoder.double(), x, hop, 1)
+    decoder_reach = _reach(decoder.double(), z, 1, hop)
+    assert min(encoder_reach) > 0 and min(decoder_reach) > 0
+    assert max(encoder_reach) <= FastEncoder(encoder.float()).context
+    assert max(decoder_reach) <= FastDecoder(decoder.float()).context
+
+
+def _count_runs(stack):
+    """Wraps the stack's per-chunk pass so that the test can see how many chunks ran."""
+    run, calls = stack._run, []
+
+    def counted(*args):
+        calls.append(args[0].shape[-1])
+        return run(*args)
+
+    stack._run = counted
+    return calls
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_chunks_equal_the_whole_pass(monkeypatch, channels_last):
+    """Inputs long enough to run in chunks give, bit for bit, the whole pass's output, for
+    both stacks, with per-item lengths, down to the last frame (the shortest chunked input
+    and longer ones).
+
+    Under PyTorch's native convolutions: oneDNN (the default on CPU) picks its transposed-
+    and channels-last convolution algorithms by input length, so a position can be summed in
+    another order in a chunk than in the whole (measured: up to 4e-7). The native ones are
+    position-invariant, except that a matrix product's last partial block of 16 columns is
+    summed in another order; here each last chunk starts an even number of frames before
+    the end (chunks of 4, even context), which keeps the whole's column phase at the end.
+    """
+    encoder = _randomised(Encoder(8, [2, 4, 5], 16), seed=0)
+    decoder = _randomised(Decoder(16, 64, [5, 4, 2]), seed=2)
+    fast_encoder = FastEncoder(encoder, None, channels_last)
+    fast_decoder = FastDecoder(decoder, None, channels_last)
+    hop = fast_encoder.hop
+    gen = torch.Generator().manual_seed(9)
+    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
+        for stack, channels, per_frame in ((fast_encoder, 1, hop), (fast_decoder, 16, 1)):
+            shortest = SMALL_CHUNK + 2 * stack.context + 1
+            for frames in (shortest, shortest + 2 * SMALL_CHUNK + 3):
+                x = torch.randn(2, channels, frames * per_frame, generator=gen) * 0.3
+                lengths = torch.tensor([frames, frames - 2 * SMALL_CHUNK - 1]) * per_frame
+                monkeypatch.setattr(conv_stack, "CHUNK_FRAMES", 512)
+                whole = stack(x, lengths)
+                monkeypatch.setattr(conv_stack, "CHUNK_FRAMES", SMALL_CHUNK)
+                calls = _count_runs(stack)
+                chunked = stack(x, lengths)
+                del stack._run
+                assert len(calls) == math.ceil(frames / SMALL_CHUNK)
+                assert torch.equal(chunked, whole)
