@@ -1,10 +1,10 @@
 """Hugging Face `datasets`: encode an audio `Dataset` with `Dataset.map(batched=True)`, and
 read `encode_dataset`'s parquet shards back as a `Dataset`.
 
-Both carry the same code columns (`distributed.CODES_COLUMNS`: token_lengths,
+Both carry the same code columns (`dataset.columns.CODES_COLUMNS`: token_lengths,
 semantic_codes, acoustic_codes as lists, trimmed to each clip's tokens, plus lengths,
-threshold and model fingerprint), so `distributed.codes_from_row` turns a row of either into
-tensors for `fast_decode`. Needs the `[ray]` extra's `datasets` (not Ray itself).
+threshold and model fingerprint), so `dataset.columns.codes_from_row` turns a row of either
+into tensors for `fast_decode`. Needs the `[ray]` extra's `datasets` (not Ray itself).
 """
 
 from __future__ import annotations
@@ -12,29 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict
 
 import numpy as np
 
-from .distributed import (
-    CODES_COLUMNS,
-    DatasetJobError,
-    EncodeOptions,
-    _read_bytes,
-    _require,
-    decode_audio,
-    encode_clips,
-    length_buckets,
-    part_files,
-    positive_int,
-)
+from .dataset.columns import CODES_COLUMNS
+from .dataset.decode import decode_audio
+from .dataset.encode import encode_clips, length_buckets
+from .dataset.errors import DatasetJobError, positive_int, require
+from .dataset.shards import part_files
+from .dataset.storage import read_bytes
 from .jobs import to_model_audio
+from .options import EncodeOptions
 from .reference.errors import FlexiCodecError, InputError
 
 
 def codes_features():
     """`datasets` features of the code columns (the same types as the part files)."""
-    _require("datasets")
+    require("datasets")
     from datasets import List, Value
 
     return {
@@ -60,7 +54,7 @@ def _clip(value, sample_rate: int | None, mix_down: bool):
         if value.get("bytes") is not None:
             return decode_audio(value["bytes"], mix_down)
         if value.get("path") is not None:
-            return decode_audio(_read_bytes(value["path"]), mix_down)
+            return decode_audio(read_bytes(value["path"]), mix_down)
         raise FlexiCodecError(f"expected audio bytes, a path or an array, got {value!r}"[:200])
     if isinstance(value, Mapping):
         samples, rate = value["array"], value.get("sampling_rate")
@@ -83,7 +77,7 @@ def encode_hf_dataset(
     *,
     audio_column: str = "audio",
     sample_rate: int | None = None,
-    num_quantizers: int = 8,
+    num_quantizers: int | None = 8,
     merging_threshold: float = 0.91,
     target_frame_rate: float | None = None,
     precision: str = "fp32",
@@ -106,18 +100,25 @@ def encode_hf_dataset(
     map_kwargs: passed to `Dataset.map` (`num_proc`, `cache_file_name`, `desc`, ...).
     A clip that cannot be encoded raises `InputError` naming its row.
     """
-    datasets = _require("datasets")
+    datasets = require("datasets")
     from .codes_file import model_fingerprint
-    from .fast import _resolve_model
+    from .model_input import resolve_model
 
-    model = _resolve_model(model)
+    model = resolve_model(model)
     positive_int("batch_size", batch_size)
     bucket_size = positive_int(
         "bucket_size", 8 * batch_size if bucket_size is None else bucket_size
     )
+    # Resolved once: one warning when asked for more quantizers than the model has, and one
+    # cache fingerprint for every request that gives the same codes.
     options = EncodeOptions(
-        num_quantizers, merging_threshold, target_frame_rate, precision, mix_down
-    )
+        num_quantizers=num_quantizers,
+        merging_threshold=merging_threshold,
+        target_frame_rate=target_frame_rate,
+        precision=precision,
+        backend=backend,
+        mix_down=mix_down,
+    ).for_model(model)
     if audio_column not in dataset.column_names:
         raise InputError(
             f"audio_column: {audio_column!r} is not a column of the dataset "
@@ -140,7 +141,7 @@ def encode_hf_dataset(
                 raise InputError(f"{audio_column}[{row}]: {e}") from e
         columns = {key: [None] * len(clips) for key in CODES_COLUMNS}
         for bucket in length_buckets([c.numel() for c in clips], batch_size):
-            result = encode_clips(model, [clips[j] for j in bucket], options, backend)
+            result = encode_clips(model, [clips[j] for j in bucket], options)
             for key, values in result.items():
                 for j, value in zip(bucket, values, strict=True):
                     columns[key][j] = value
@@ -155,7 +156,7 @@ def encode_hf_dataset(
             [
                 dataset._fingerprint,
                 model_fingerprint(model),
-                asdict(options),
+                options.settings(),
                 audio_column,
                 sample_rate,
             ]
@@ -178,7 +179,7 @@ def load_codes_dataset(out_dir, **from_parquet_kwargs):
     `datasets.Dataset`, rows in corpus (index) order: index, id, source and the code columns.
     `from_parquet_kwargs` go to `Dataset.from_parquet` (`storage_options`, `keep_in_memory`,
     ...)."""
-    datasets = _require("datasets")
+    datasets = require("datasets")
     files = part_files(str(out_dir))
     if not files:
         raise DatasetJobError(f"{out_dir}: no committed part-*.parquet shards")

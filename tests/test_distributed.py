@@ -21,8 +21,13 @@ import soundfile as sf
 import torch
 
 from flexicodec_fast import distributed as dist
+from flexicodec_fast.dataset.actor import Encoder
+from flexicodec_fast.dataset.decode import decode_chunk
+from flexicodec_fast.dataset.plan import Plan, check_plan, plan_record
+from flexicodec_fast.dataset.shards import OutputFolder
 from flexicodec_fast.fast import fast_encode
 from flexicodec_fast.jobs import read_audio
+from flexicodec_fast.options import EncodeOptions
 from flexicodec_fast.reference.errors import InputError
 from flexicodec_fast.tiny import random_tiny_model
 
@@ -108,8 +113,8 @@ def _rows(out: Path) -> list[dict]:
     return [r for f in sorted(out.glob("part-*.parquet")) for r in pq.read_table(f).to_pylist()]
 
 
-def _assert_codes_equal(row, path: Path, model):
-    ref = fast_encode(read_audio(path, mix_down=True)[None], model, num_quantizers=NQ)
+def _assert_codes_equal(row, path: Path, model, num_quantizers=NQ):
+    ref = fast_encode(read_audio(path, mix_down=True)[None], model, num_quantizers=num_quantizers)
     codes = dist.codes_from_row(row)
     assert torch.equal(codes.semantic_codes, ref["semantic_codes"]), row["id"]
     assert torch.equal(codes.acoustic_codes, ref["acoustic_codes"]), row["id"]
@@ -166,6 +171,71 @@ def test_model_spec_and_options_are_checked():
         dist.EncodeOptions(precision="fp8")
     with pytest.raises(InputError, match="target_frame_rate"):
         dist.EncodeOptions(target_frame_rate=20.0)
+
+
+def test_plans_written_before_the_newer_settings_still_bind_a_rerun():
+    plan = Plan(["a", "b", "c"], ["/a", "/b", "/c"], 2)
+    now = plan_record(plan, {"tiny_seed": 0}, EncodeOptions(num_quantizers=NQ, mix_down=True))
+    # The options of a version-1 plan written before attention_window and dither were
+    # recorded (those runs had exact attention and no dither).
+    old_options = {
+        "num_quantizers": NQ,
+        "merging_threshold": 0.91,
+        "target_frame_rate": None,
+        "precision": "fp32",
+        "mix_down": True,
+    }
+    old = {**now, "options": old_options, "model_fingerprint": "f00d"}
+    assert check_plan(old, now, "out") == {**now, "model_fingerprint": "f00d"}
+    for other in (
+        EncodeOptions(num_quantizers=NQ + 1, mix_down=True),
+        EncodeOptions(num_quantizers=NQ, mix_down=True, attention_window=2.0),
+    ):
+        with pytest.raises(dist.DatasetJobError, match="other settings"):
+            check_plan(old, plan_record(plan, {"tiny_seed": 0}, other), "out")
+
+
+@needs_arrow
+def test_actor_encodes_with_all_quantizers_when_asked_for_more(corpus, model):
+    """The actor, called as Ray calls it on a decoded bucket: more quantizers than the tiny
+    model has (1 + 4) give the codes of all it has, with a warning."""
+    _, files = corpus
+    ids = sorted(files)[5:8]
+    chunk = {
+        "index": [[0, 1, 2]],
+        "shard": [0],
+        "id": [ids],
+        "source": [[str(files[i]) for i in ids]],
+    }
+    threads = torch.get_num_threads()
+    with pytest.warns(UserWarning, match="more than this model has"):
+        actor = Encoder({"tiny_seed": 0}, EncodeOptions(num_quantizers=8), 2, None, threads, False)
+    assert actor.options.num_quantizers == model.max_num_quantizers
+    rows = actor(decode_chunk(chunk, mix_down=True)).to_pylist()
+    assert [r["id"] for r in rows] == ids and not any(r["error"] for r in rows)
+    for row in rows:
+        _assert_codes_equal(row, files[row["id"]], model, num_quantizers=None)
+
+
+@needs_arrow
+def test_part_file_records_the_quantizers_its_codes_hold(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flexicodec_fast.dataset.columns import row_schema
+
+    row = {
+        "index": 0, "id": "a", "source": "/a", "audio_samples": 2560, "num_frames": 2,
+        "total_frames": 2, "threshold": 0.91, "token_lengths": [1, 1], "semantic_codes": [3, 4],
+        "acoustic_codes": [[1, 2], [5, 6]], "model_fingerprint": "f00d", "shard": 0,
+        "stage": None, "error": None,
+    }  # fmt: skip
+    output = OutputFolder(str(tmp_path))
+    output.create()
+    # Asked for 8; the codes hold 1 semantic + 2 acoustic stages.
+    output.commit(0, pa.Table.from_pylist([row], schema=row_schema()), {"num_quantizers": 8})
+    meta = pq.read_schema(tmp_path / dist.shard_name(0)).metadata
+    assert (meta[b"num_quantizers"], meta[b"shard"]) == (b"3", b"0")
 
 
 def test_missing_extra_is_a_clear_error(monkeypatch, corpus, tmp_path):
@@ -267,9 +337,6 @@ def test_rerun_with_other_settings_is_refused(encoded, corpus):
         dist.encode_dataset(
             corpus[0], out, {"tiny_seed": 0}, num_quantizers=NQ, mix_down=True, shard_size=7
         )
-    # Checked on the driver, before any actor starts: the tiny model has 1 + 4 quantizers.
-    with pytest.raises(InputError, match=r"num_quantizers: expected an int in \[1, 5\]"):
-        dist.encode_dataset(corpus[0], out, {"tiny_seed": 0}, num_quantizers=6)
 
 
 # --------------------------------------------------------------- Hugging Face datasets
