@@ -83,10 +83,20 @@ def test_batch_equals_items_and_ignores_padding(encoder, fixture_outputs):
             assert torch.all(out[i, lens[i] :] == 0)
 
 
-def test_full_lengths_equal_no_lengths(encoder, fixture_outputs):
+def test_full_length_item_in_a_masked_batch_equals_it_alone(encoder, fixture_outputs):
+    """Beside a shorter item the batch runs the masked path; the item that fills the batch
+    gets, bit for bit, its result alone (an all-ones mask row changes nothing), in either
+    position, and that result is the official one."""
     feats = fixture_outputs["clipC/fbank"][None]
+    length = feats.shape[1]
     with torch.no_grad():
-        assert torch.equal(encoder(feats), encoder(feats, torch.tensor([feats.shape[1]])))
+        alone = encoder(feats)[0]
+        for lens in ([length, length - 7], [length - 7, length]):
+            batch = encoder(feats.expand(2, -1, -1), torch.tensor(lens))
+            full = lens.index(length)
+            assert torch.equal(batch[full], alone)
+            assert batch[1 - full, length - 7 :].abs().max() == 0
+    assert (alone - fixture_outputs["clipC/semantic_feat_16p67hz"]).abs().max() <= MAX_ABS
 
 
 @pytest.mark.parametrize(
