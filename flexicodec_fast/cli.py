@@ -235,12 +235,14 @@ def main(argv=None) -> int:
     info.set_defaults(func=cmd_info)
 
     from .distributed import add_encode_dataset_parser
+    from .evaluate import add_eval_parser
     from .hub import add_download_parser
     from .profiling import add_profile_parser
     from .train.cli import add_train_parser
 
     add_encode_dataset_parser(sub)
     add_download_parser(sub)
+    add_eval_parser(sub)
     add_train_parser(sub)
     add_profile_parser(sub)
 
