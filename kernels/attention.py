@@ -31,10 +31,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_float_dtype, check_inner_contiguous
 from ._triton import select_backend, tl, triton
 from .aot import AotSpec
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 PRECISIONS = ("ieee", "tf32")
 NUM_STAGES = 2
@@ -329,12 +329,7 @@ def _launch(
             f"the Triton kernel supports head dims up to {MAX_HEAD_DIM}, got {head_dim}: "
             "use backend='auto' (the torch path for wider heads) or 'torch'"
         )
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.stride(-1) != 1:
-            raise ValueError(
-                f"{name} must have a contiguous last dimension (stride 1) for the "
-                f"Triton kernel, got strides {list(t.stride())}"
-            )
+    check_inner_contiguous(q=q, k=k, v=v)
     default_m, default_n, num_warps = launch_config(block_d, q.dtype, fp32_precision)
     block_m, block_n = block_m or default_m, block_n or default_n
     out = torch.empty(batch, length, heads * head_dim, dtype=q.dtype, device=q.device)
@@ -385,8 +380,7 @@ def _check(q, k, v, lengths, window, causal, context, fp32_precision, blocks) ->
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        check_float_dtype(name, t)
     if q.dim() != 4:
         raise ValueError(f"q must be [B, H, L, Dh], got shape {list(q.shape)}")
     if q.shape[-1] % 2:

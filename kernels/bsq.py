@@ -36,9 +36,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_inner_contiguous
 from ._triton import select_backend, tl, triton
 from .aot import AotSpec
-from .fsq import _check_inner_contiguous, _check_tensor, _project_out
+from .fsq import _check_tensor, _project_out
 
 MAX_BITS = 31  # int32 codes
 BLOCK_G = 16
@@ -188,7 +189,7 @@ def bsq_decode_torch(codes, w_out, b_out, bits: int):
 
 
 def _launch(x, w_in, b_in, w_out, b_out, bits):
-    _check_inner_contiguous(x=x, w_in=w_in, w_out=w_out)
+    check_inner_contiguous(x=x, w_in=w_in, w_out=w_out)
     b_in, b_out = b_in.contiguous(), b_out.contiguous()  # read as b_ptr + j
     batch, groups, dim = x.shape
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -226,7 +227,7 @@ def _launch(x, w_in, b_in, w_out, b_out, bits):
 
 
 def _launch_decode(codes, w_out, b_out, bits):
-    _check_inner_contiguous(w_out=w_out)
+    check_inner_contiguous(w_out=w_out)
     codes, b_out = codes.contiguous(), b_out.contiguous()  # read with unit inner stride
     batch, groups = codes.shape
     dim = w_out.shape[0]

@@ -44,10 +44,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_float_dtype, check_inner_contiguous
 from ._triton import select_backend, tl, triton
 from .aot import AotSpec
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BOUND_EPS = 1e-3
 MAX_LEVELS = 8
 BLOCK_G = 16
@@ -252,8 +252,7 @@ def _check_levels(levels) -> tuple[int, ...]:
 def _check_tensor(name: str, t, shape: tuple[int, ...], device=None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    check_float_dtype(name, t)
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must be of shape {list(shape)}, got {list(t.shape)}")
     if device is not None and t.device != device:
@@ -263,15 +262,6 @@ def _check_tensor(name: str, t, shape: tuple[int, ...], device=None) -> None:
 def _check_out_proj(w_out, b_out, dim: int, n: int, device) -> None:
     _check_tensor("w_out", w_out, (dim, n), device)
     _check_tensor("b_out", b_out, (dim,), device)
-
-
-def _check_inner_contiguous(**tensors: torch.Tensor) -> None:
-    for name, t in tensors.items():
-        if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(
-                f"{name} must have a contiguous last dimension (stride 1) for the "
-                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
-            )
 
 
 # ----------------------------------------------------------------------------- torch paths
@@ -303,7 +293,7 @@ def fsq_decode_torch(codes, w_out, b_out, levels: tuple[int, ...]):
 
 
 def _launch(x, w_in, b_in, w_out, b_out, levels):
-    _check_inner_contiguous(x=x, w_in=w_in, w_out=w_out)
+    check_inner_contiguous(x=x, w_in=w_in, w_out=w_out)
     b_in, b_out = b_in.contiguous(), b_out.contiguous()  # read as b_ptr + j
     batch, groups, dim = x.shape
     ftab, _ = _tables(levels, x.device)
@@ -341,7 +331,7 @@ def _launch(x, w_in, b_in, w_out, b_out, levels):
 
 
 def _launch_decode(codes, w_out, b_out, levels):
-    _check_inner_contiguous(w_out=w_out)
+    check_inner_contiguous(w_out=w_out)
     codes, b_out = codes.contiguous(), b_out.contiguous()  # read with unit inner stride
     batch, groups = codes.shape
     dim = w_out.shape[0]

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_float_dtype, check_inner_contiguous
 from ._triton import select_backend, tl, triton
 from .aot import AotSpec
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK_T = 16
 BLOCK_D = 128
 NUM_WARPS = 4
@@ -175,8 +175,8 @@ def _check_tensor(name: str, t, dims: int, kind: str, device=None) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != dims:
         raise ValueError(f"{name} must have {dims} dimensions, got shape {list(t.shape)}")
-    if kind == "float" and t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if kind == "float":
+        check_float_dtype(name, t)
     if kind == "index" and t.dtype != torch.int64:
         raise TypeError(f"{name} must be int64, got {t.dtype}")
     if device is not None and t.device != device:
@@ -186,15 +186,6 @@ def _check_tensor(name: str, t, dims: int, kind: str, device=None) -> None:
 def _check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must be of shape {list(shape)}, got {list(t.shape)}")
-
-
-def _check_inner_contiguous(**tensors: torch.Tensor) -> None:
-    for name, t in tensors.items():
-        if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(
-                f"{name} must have a contiguous last dimension (stride 1) for the "
-                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
-            )
 
 
 def _check_segments(group_ids, num_groups, batch: int, frames: int, device) -> None:
@@ -285,9 +276,9 @@ def deinterleave_torch(y, group_ids, num_groups, with_frames: bool):
 
 def _launch_interleave(x, means, embedding, group_ids, lengths, num_groups) -> torch.Tensor:
     """x None: zero frames (the backward of `retrieve`)."""
-    _check_inner_contiguous(means=means)
+    check_inner_contiguous(means=means)
     if x is not None:
-        _check_inner_contiguous(x=x)
+        check_inner_contiguous(x=x)
     # Small index and bias tensors are read with unit inner stride: make them so (free when
     # they already are).
     group_ids, lengths, num_groups = (t.contiguous() for t in (group_ids, lengths, num_groups))
@@ -327,7 +318,7 @@ def _launch_interleave(x, means, embedding, group_ids, lengths, num_groups) -> t
 
 
 def _launch_deinterleave(y, group_ids, num_groups, with_frames: bool):
-    _check_inner_contiguous(y=y)
+    check_inner_contiguous(y=y)
     group_ids, num_groups = group_ids.contiguous(), num_groups.contiguous()
     batch, frames = group_ids.shape
     dim = y.shape[-1]

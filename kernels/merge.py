@@ -47,10 +47,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_float_dtype, check_inner_contiguous
 from ._triton import select_backend, tl, triton
 from .aot import AotSpec
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 COSINE_BLOCK_T = 32
 COSINE_BLOCK_D = 64
 SCAN_BLOCK_T = 1024
@@ -301,8 +301,7 @@ def _check_float(name: str, t, device=None) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 3:
         raise ValueError(f"{name} must be [B, T, D], got shape {list(t.shape)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    check_float_dtype(name, t)
     if device is not None and t.device != device:
         raise ValueError(f"{name} must be on {device} like h, got {t.device}")
 
@@ -316,15 +315,6 @@ def _check_index(name: str, t, shape: tuple[int, ...], device) -> None:
         raise ValueError(f"{name} must be of shape {list(shape)}, got {list(t.shape)}")
     if t.device != device:
         raise ValueError(f"{name} must be on {device}, got {t.device}")
-
-
-def _check_inner_contiguous(**tensors: torch.Tensor) -> None:
-    for name, t in tensors.items():
-        if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(
-                f"{name} must have a contiguous last dimension (stride 1) for the "
-                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
-            )
 
 
 def _check_segment_args(h, lengths, threshold, max_tokens_per_group) -> None:
@@ -427,7 +417,7 @@ def group_means_backward_torch(
 
 
 def _launch_segment(h, lengths, threshold, max_tokens) -> Segments:
-    _check_inner_contiguous(h=h)
+    check_inner_contiguous(h=h)
     lengths = lengths.contiguous()  # read as len_ptr + b
     batch, frames, dim = h.shape
     kw = dict(dtype=torch.long, device=h.device)
@@ -474,7 +464,7 @@ def _launch_segment(h, lengths, threshold, max_tokens) -> Segments:
 
 
 def _launch_means(x, group_starts, token_lengths, num_groups) -> torch.Tensor:
-    _check_inner_contiguous(x=x)
+    check_inner_contiguous(x=x)
     # Small index and bias tensors are read with unit inner stride: make them so (free when
     # they already are).
     group_starts, token_lengths, num_groups = (
@@ -508,7 +498,7 @@ def _launch_means(x, group_starts, token_lengths, num_groups) -> torch.Tensor:
 
 
 def _launch_means_backward(grad, group_ids, token_lengths, dtype) -> torch.Tensor:
-    _check_inner_contiguous(grad=grad)
+    check_inner_contiguous(grad=grad)
     group_ids, token_lengths = group_ids.contiguous(), token_lengths.contiguous()
     batch, frames = group_ids.shape
     dim = grad.shape[-1]

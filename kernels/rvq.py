@@ -57,10 +57,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from ._checks import check_float_dtype, check_inner_contiguous
 from ._triton import select_backend, tl, triton
 from .aot import AotSpec
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK_G = 16
 BLOCK_K = 32
 NUM_WARPS = 16
@@ -383,8 +383,7 @@ def _rvq_decode_kernel(
 def _check_float(name: str, t, shape: tuple[int, ...], device=None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    check_float_dtype(name, t)
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must be of shape {list(shape)}, got {list(t.shape)}")
     if device is not None and t.device != device:
@@ -408,15 +407,6 @@ def _check_stages(cb, out_w, out_b, device) -> tuple[int, int, int, int]:
     _check_float("out_w", out_w, (stages, dim, cdim), device)
     _check_float("out_b", out_b, (stages, dim), device)
     return stages, size, cdim, dim
-
-
-def _check_inner_contiguous(**tensors: torch.Tensor) -> None:
-    for name, t in tensors.items():
-        if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(
-                f"{name} must have a contiguous last dimension (stride 1) for the "
-                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
-            )
 
 
 # ----------------------------------------------------------------------------- torch paths
@@ -527,7 +517,7 @@ def stacked_weights(rvq) -> StackedStages:
 
 
 def _launch_encode(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_groups, first_codes):
-    _check_inner_contiguous(
+    check_inner_contiguous(
         x=x, in_w=in_w, in_b=in_b, cb=cb, cb_norm=cb_norm, out_w=out_w, out_b=out_b
     )
     batch, groups, dim = x.shape
@@ -589,7 +579,7 @@ def _launch_encode(x, in_w, in_b, cb, cb_norm, out_w, out_b, n_stages, num_group
 
 
 def _launch_decode(codes, cb, out_w, out_b):
-    _check_inner_contiguous(codes=codes, cb=cb, out_w=out_w, out_b=out_b)
+    check_inner_contiguous(codes=codes, cb=cb, out_w=out_w, out_b=out_b)
     batch, n_codes, groups = codes.shape
     _, size, cdim = cb.shape
     dim = out_w.shape[1]

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_float_dtype, check_inner_contiguous
 from ._triton import select_backend, tl, triton
 from .aot import AotSpec
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK_N = 1024
 NUM_WARPS = 4
 # The backward keeps sin, cos and three operands live: 8 warps (4 samples a thread) keeps it
@@ -119,8 +119,7 @@ def _check(x: torch.Tensor, alpha: torch.Tensor, grad: torch.Tensor | None = Non
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        check_float_dtype(name, t)
         if t.device != x.device:
             raise ValueError(f"{name} must be on {x.device} like x, got {t.device}")
     if x.dim() != 3:
@@ -139,15 +138,6 @@ def _check(x: torch.Tensor, alpha: torch.Tensor, grad: torch.Tensor | None = Non
         if grad.dtype != expected:
             raise TypeError(
                 f"grad_out must be {expected} (the forward's output dtype), got {grad.dtype}"
-            )
-
-
-def _check_inner_contiguous(**tensors: torch.Tensor) -> None:
-    for name, t in tensors.items():
-        if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(
-                f"{name} must have a contiguous last dimension (stride 1) for the "
-                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
             )
 
 
@@ -188,7 +178,7 @@ def snake_backward_torch(grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tenso
 def _launch_forward(
     x: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    _check_inner_contiguous(x=x)
+    check_inner_contiguous(x=x)
     batch, channels, n = x.shape
     # Each element is read before it is written by the same program, so `out` may be `x`.
     y = (
@@ -219,7 +209,7 @@ def _launch_forward(
 
 
 def _launch_backward(grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor):
-    _check_inner_contiguous(grad_out=grad, x=x)
+    check_inner_contiguous(grad_out=grad, x=x)
     batch, channels, n = x.shape
     grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
@@ -303,7 +293,7 @@ def _snake_inplace_op(
 @torch.library.custom_op("flexicodec_fast::snake_into", mutates_args=("out",))
 def _snake_into_op(x: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor, backend: str) -> None:
     if select_backend(backend, x.device) == "triton":
-        _check_inner_contiguous(out=out)
+        check_inner_contiguous(out=out)
         _launch_forward(x, alpha, out=out)
     else:
         snake_torch(x, alpha, out=out)

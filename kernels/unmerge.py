@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_float_dtype, check_inner_contiguous
 from ._triton import select_backend, tl, triton
 from .aot import AotSpec
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK_T = 16
 BLOCK_D = 128
 NUM_WARPS = 4
@@ -91,8 +91,7 @@ def _check(sem, ac, token_lengths, T) -> None:
         raise TypeError(f"sem must be a torch.Tensor, got {type(sem).__name__}")
     if sem.dim() != 3:
         raise ValueError(f"sem must be [B, G, D], got shape {list(sem.shape)}")
-    if sem.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"sem must be float32, float16 or bfloat16, got {sem.dtype}")
+    check_float_dtype("sem", sem)
     if ac is not None:
         if not isinstance(ac, torch.Tensor):
             raise TypeError(f"ac must be a torch.Tensor or None, got {type(ac).__name__}")
@@ -136,12 +135,7 @@ def unmerge_torch(
 
 
 def _launch(sem, ac, token_lengths, T) -> torch.Tensor:
-    for name, t in (("sem", sem), ("ac", ac)):
-        if t is not None and t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(
-                f"{name} must have a contiguous last dimension (stride 1) for the "
-                f"Triton kernel, got strides {list(t.stride())}: call .contiguous()"
-            )
+    check_inner_contiguous(sem=sem, ac=ac)
     batch, groups, dim = sem.shape
     out = torch.empty(batch, T, dim, dtype=sem.dtype, device=sem.device)
     if out.numel() == 0:
