@@ -2,6 +2,7 @@
 other model dimensions, and clear errors for files that do not fit."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,12 +231,30 @@ def test_prepare_model_without_files_says_what_to_pass(monkeypatch, tmp_path):
         ff.prepare_model(ckpt_path="x.safetensors")
 
 
-def test_builtin_model_loads_offline():
+def test_builtin_model_loads_offline_and_codes_speech_as_the_reference():
+    """The built-in model on the first 2 s of the bundled demo clip: the fast pipeline's codes
+    (all 1 + 6 codebooks) are the reference model's, and so is the decoded audio, to fp32
+    rounding. The default threshold stays clear of every similarity (no near-tie)."""
+    import soundfile as sf
+
     model = ff.prepare_model(device="cpu")
     assert model.config.transformer_window == 16  # the local-attention built-in model
     assert model.load_report.upcast_dtypes == {"float16"}
-    enc = ff.fast_encode(torch.zeros(1, 16000), model, num_quantizers=2)
-    assert enc["semantic_codes"].shape[-1] == int(enc["total_frames"][0])
+    demo_clip = Path(ff.__file__).parent / "assets" / "demo.wav"
+    clip, rate = sf.read(str(demo_clip), dtype="float32", frames=32000)
+    audio = torch.from_numpy(clip)[None]
+    assert rate == 16000 and audio.std() > 0.01
+    options = dict(num_quantizers=7, merging_threshold=0.91)
+    with torch.inference_mode():
+        ref = model.encode(audio, None, **options)
+        want = model.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
+    assert (ref["similarity"] - 0.91).abs().min() > 1e-3
+    assert 0 < int(ref["total_frames"][0]) < 25 and ref["acoustic_codes"].shape[1] == 6
+    enc = ff.fast_encode(audio, model, **options)
+    for key in ("token_lengths", "total_frames", "semantic_codes", "acoustic_codes"):
+        assert torch.equal(enc[key], ref[key]), key
+    got = ff.fast_decode(model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 class Payload:
