@@ -183,6 +183,20 @@ def test_a_missing_file_names_the_download_command(offline_cache, repo_id, missi
     assert str(offline_cache) in message
 
 
+def test_an_explicit_path_replaces_its_released_file(offline_cache, released_files):
+    folder = offline_cache / "models--jiaqili3--flexicodec" / "snapshots" / COMMIT
+    (folder / hub.CONFIG_FILE).unlink()
+    model = ff.prepare_model("released", released_files / hub.CONFIG_FILE, device="cpu")
+    assert model.config.n_codebooks == 4
+    with pytest.raises(CheckpointError, match=hub.CONFIG_FILE):
+        ff.prepare_model("released", device="cpu")
+
+
+def test_a_malformed_hf_url_is_named(offline_cache):
+    with pytest.raises(CheckpointError, match=r"ckpt_path: expected hf://org/repo.*'hf://org'"):
+        ff.prepare_model("hf://org", "config.yaml", device="cpu")
+
+
 def test_an_empty_cache_names_the_download_command(offline_cache):
     shutil.rmtree(offline_cache)
     with pytest.raises(CheckpointError, match="`flexicodec-fast download`"):
