@@ -174,7 +174,9 @@ def download(
                 hub_file.repo_id, hub_file.filename, revision=hub_file.revision
             )
         except Exception as e:  # noqa: BLE001 - network, offline mode, auth: all end here
-            raise CheckpointError(f"download: could not fetch {hub_file}: {e}") from e
+            offline = " (HF_HUB_OFFLINE is set: unset it to download)"
+            why = offline if hub.constants.HF_HUB_OFFLINE else ""
+            raise CheckpointError(f"download: could not fetch {hub_file}{why}: {e}") from e
         paths.append(Path(path))
     return paths
 
