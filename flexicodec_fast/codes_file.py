@@ -2,16 +2,25 @@
 
 Tensors: `semantic_codes [B, 1, G]` int32, `acoustic_codes [B, K, G]` int64 (absent when
 only the semantic quantizer was used), `token_lengths [B, G]` int64, `total_frames [B]`.
-Metadata (strings): `format`, `format_version`, `model_fingerprint`, `sample_rate`,
-`num_quantizers`, `thresholds` (JSON list, one per item), `audio_lengths` (JSON list of
-input samples at 16 kHz), `sources` (JSON list), `package_version`, and
-`attention_window` (JSON: seconds, or null for exact attention; absent in files written
-before it existed).
+Metadata (strings; "JSON" marks a JSON value, "list" one entry per item):
+`format`, `format_version`, `model_fingerprint`, `sample_rate` (of the codes: 16000),
+`num_quantizers`, `thresholds` (list), `audio_lengths` (list: input samples at 16 kHz),
+`sources` (list), `package_version`, `attention_window` (JSON seconds, or null for exact
+attention). Files written since the checksum was added also carry `frames` (list: 12.5 Hz
+frames), `source_sample_rates` and `source_lengths` (lists: the input files' own rate and
+samples, so a decode can give back audio of the input's rate and length), `max_group`
+(JSON: the most frames one token may cover, or null), `codebook_sizes` (JSON [semantic,
+acoustic]), `settings` (JSON `EncodeOptions.settings()`) and `checksum`: the sha256 of
+the tensors and of every other metadata entry, in a fixed order.
 
-Loading validates everything a decoder relies on: shapes agree, dtypes are integers, every
-code is inside its codebook (an out-of-range index is a clear error here, never a device-side
-assert later), lengths are consistent, and the file was made by the same model (fingerprint;
-`allow_other_model=True` overrides).
+Loading checks everything a decoder relies on, so a damaged or edited file is an error
+naming the file and what is wrong, never wrong audio: the checksum, shapes against each
+other and against the metadata (`num_quantizers`, one list entry per item, `frames`),
+integer dtypes, every group length in `1..max_group` with a zero tail, every code inside
+its codebook (an out-of-range index is a clear error here, never a device-side assert
+later), and (given a model) that the file was made by the same model (fingerprint;
+`allow_other_model=True` overrides). A file without a checksum (written by an older
+version) loads with a warning that its contents could not be verified.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +62,17 @@ def model_fingerprint(model) -> str:
     return value
 
 
+# Metadata entries holding one value per item (a JSON list), cut by `Codes.item`.
+PER_ITEM = (
+    "thresholds",
+    "audio_lengths",
+    "sources",
+    "frames",
+    "source_sample_rates",
+    "source_lengths",
+)
+
+
 @dataclass
 class Codes:
     """Tokens of B items (codes and lengths 0 past an item's `total_frames`)."""
@@ -71,7 +92,7 @@ class Codes:
         g = int(self.total_frames[i])
         ac = None if self.acoustic_codes is None else self.acoustic_codes[i : i + 1, :, :g]
         meta = dict(self.metadata)
-        for key in ("thresholds", "audio_lengths", "sources"):
+        for key in PER_ITEM:
             if key in meta:
                 meta[key] = json.dumps(json.loads(meta[key])[i : i + 1])
         return Codes(
@@ -83,6 +104,13 @@ class Codes:
         )
 
 
+def max_group(model) -> int | None:
+    """The most 12.5 Hz frames one token of `model` covers (None: no limit)."""
+    if model.fixed_window:
+        return model.config.window
+    return model.config.max_tokens_per_group
+
+
 def make_metadata(
     model,
     *,
@@ -90,8 +118,13 @@ def make_metadata(
     thresholds: list[float],
     audio_lengths: list[int],
     sources: list[str],
+    frames: list[int],
+    source_sample_rates: list[int],
+    source_lengths: list[int],
+    settings: dict,
     attention_window: float | None = None,
 ) -> dict:
+    """Metadata of a codes file of `len(sources)` items (see the module docstring)."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -101,22 +134,57 @@ def make_metadata(
         "thresholds": json.dumps([float(t) for t in thresholds]),
         "audio_lengths": json.dumps([int(n) for n in audio_lengths]),
         "sources": json.dumps([str(s) for s in sources]),
+        "frames": json.dumps([int(n) for n in frames]),
+        "source_sample_rates": json.dumps([int(r) for r in source_sample_rates]),
+        "source_lengths": json.dumps([int(n) for n in source_lengths]),
+        "max_group": json.dumps(max_group(model)),
+        "codebook_sizes": json.dumps([model.semantic_codebook_size, model.config.codebook_size]),
+        "settings": json.dumps(settings, sort_keys=True),
         "package_version": __version__,
         "attention_window": json.dumps(attention_window),
     }
 
 
+def umask_mode() -> int:
+    """The mode `open()` would give a new file: 0o666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` then rename into place, so no half-written file is ever seen."""
+    """Call `write(tmp_path)` then rename into place, so no half-written file is ever seen.
+    The file gets the permissions the umask gives (mkstemp alone would leave it 0600, which
+    colleagues sharing a corpus cannot read)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        # After the write: some writers (safetensors) replace the file and make it 0600 again.
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+TENSORS = ("semantic_codes", "acoustic_codes", "token_lengths", "total_frames")
+
+
+def checksum(tensors: dict[str, torch.Tensor], metadata: dict) -> str:
+    """sha256 of every tensor (name, dtype, shape, bytes) in `TENSORS` order, then of every
+    metadata entry but `checksum` itself, sorted by key."""
+    digest = hashlib.sha256()
+    for name in TENSORS:
+        if name in tensors:
+            t = tensors[name].contiguous()
+            digest.update(f"{name}:{t.dtype}:{list(t.shape)}:".encode())
+            digest.update(t.numpy().tobytes())
+    for key, value in sorted(metadata.items()):
+        if key != "checksum":
+            digest.update(json.dumps([key, value]).encode())
+    return "sha256:" + digest.hexdigest()
 
 
 def save_codes(path: str | Path, codes: Codes) -> None:
@@ -129,15 +197,28 @@ def save_codes(path: str | Path, codes: Codes) -> None:
     }
     if codes.acoustic_codes is not None:
         tensors["acoustic_codes"] = codes.acoustic_codes.to("cpu", torch.int64).contiguous()
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=codes.metadata))
+    metadata = {k: v for k, v in codes.metadata.items() if k != "checksum"}
+    metadata["checksum"] = checksum(tensors, metadata)
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _fail(path, message: str):
     raise CodesFileError(f"codes file {str(path)!r}: {message}")
 
 
+def _json(path, metadata: dict, key: str):
+    """Metadata entry `key` parsed as JSON (None when absent)."""
+    if key not in metadata:
+        return None
+    try:
+        return json.loads(metadata[key])
+    except ValueError:
+        _fail(path, f"metadata {key!r} is not valid JSON: {metadata[key][:80]!r}")
+
+
 def load_codes(path: str | Path, model=None, *, allow_other_model: bool = False) -> Codes:
-    """Read and validate a codes file (against `model` when given)."""
+    """Read and validate a codes file (against `model` when given; see the module
+    docstring for what is checked)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -146,7 +227,9 @@ def load_codes(path: str | Path, model=None, *, allow_other_model: bool = False)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            # Copies: the tensors would otherwise map the file, and a file replaced or cut
+            # later (a re-run redoing it) would crash the process that still holds them.
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - any parse failure means a corrupt file
         _fail(path, f"not a readable safetensors file ({e})")
     if metadata.get("format") != FORMAT:
@@ -159,6 +242,15 @@ def load_codes(path: str | Path, model=None, *, allow_other_model: bool = False)
     for key in ("semantic_codes", "token_lengths", "total_frames"):
         if key not in tensors:
             _fail(path, f"missing tensor {key!r}")
+    if "checksum" in metadata:
+        if checksum(tensors, metadata) != metadata["checksum"]:
+            _fail(path, "checksum mismatch: the file was damaged or edited after it was written")
+    else:
+        warnings.warn(
+            f"codes file {str(path)!r} has no checksum (written by an older version): its "
+            "contents could not be verified",
+            stacklevel=2,
+        )
     sem, lengths, total = (
         tensors["semantic_codes"],
         tensors["token_lengths"],
@@ -184,18 +276,67 @@ def load_codes(path: str | Path, model=None, *, allow_other_model: bool = False)
         )
     if ac is not None and (ac.dim() != 3 or ac.shape[0] != batch or ac.shape[2] != groups):
         _fail(path, f"acoustic_codes must be [{batch}, K, {groups}], got {list(ac.shape)}")
-    if lengths.numel() and int(lengths.min()) < 0:
-        _fail(path, "token_lengths has negative entries")
-    nonzero = (lengths > 0).sum(dim=1)
-    if not torch.equal(nonzero, total.to(nonzero.dtype)) or bool((total < 1).any()):
-        _fail(
-            path,
-            f"total_frames {total.tolist()} does not match the non-empty groups {nonzero.tolist()}",
-        )
     codes = Codes(sem, ac, lengths, total, metadata)
+    _check_token_lengths(path, codes, _json(path, metadata, "max_group"))
+    _check_metadata(path, codes)
+    sizes = _json(path, metadata, "codebook_sizes")
+    if sizes is not None:
+        _check_code_ranges(path, codes, *sizes)
     if model is not None:
         check_against_model(path, codes, model, allow_other_model)
     return codes
+
+
+def _check_metadata(path, codes: Codes) -> None:
+    """The metadata describes these tensors: quantizer count, one entry per item, frames."""
+    meta, batch = codes.metadata, codes.semantic_codes.shape[0]
+    if "num_quantizers" in meta and meta["num_quantizers"] != str(codes.num_quantizers):
+        _fail(
+            path,
+            f"metadata num_quantizers is {meta['num_quantizers']!r}, but the file holds "
+            f"{codes.num_quantizers} (1 semantic + {codes.num_quantizers - 1} acoustic)",
+        )
+    for key in PER_ITEM:
+        values = _json(path, meta, key)
+        if values is not None and (not isinstance(values, list) or len(values) != batch):
+            _fail(path, f"metadata {key!r} must list one value for each of {batch} items")
+    frames = _json(path, meta, "frames")
+    if frames is not None:
+        covered = codes.token_lengths.sum(dim=1).tolist()
+        if covered != frames:
+            _fail(path, f"token_lengths cover {covered} frames, the metadata says {frames}")
+
+
+def _check_token_lengths(path, codes: Codes, limit: int | None) -> None:
+    """Per item: `total_frames` groups of 1..limit frames, then zeros."""
+    lengths, total = codes.token_lengths, codes.total_frames
+    groups = torch.arange(lengths.shape[1])
+    valid = groups[None, :] < total[:, None]
+    if bool((total < 1).any()) or bool((total > lengths.shape[1]).any()):
+        _fail(path, f"total_frames {total.tolist()} outside [1, {lengths.shape[1]}]")
+    if bool((lengths[valid] < 1).any()) or bool((lengths[~valid] != 0).any()):
+        _fail(
+            path,
+            f"token_lengths must be >= 1 for each of total_frames {total.tolist()} tokens and "
+            "0 after them",
+        )
+    if limit is not None and lengths.numel() and int(lengths.max()) > limit:
+        _fail(
+            path,
+            f"a token covers {int(lengths.max())} frames, at most {limit} are possible",
+        )
+    for name, codes_ in (("semantic", codes.semantic_codes), ("acoustic", codes.acoustic_codes)):
+        if codes_ is not None and bool((codes_[~valid[:, None, :].expand_as(codes_)] != 0).any()):
+            _fail(path, f"{name} codes past total_frames must be 0")
+
+
+def _check_code_ranges(path, codes: Codes, semantic_size: int, acoustic_size: int) -> None:
+    for name, t, size in (
+        ("semantic", codes.semantic_codes, semantic_size),
+        ("acoustic", codes.acoustic_codes, acoustic_size),
+    ):
+        if t is not None and t.numel() and not (0 <= int(t.min()) and int(t.max()) < size):
+            _fail(path, f"{name} codes outside [0, {size}): [{int(t.min())}, {int(t.max())}]")
 
 
 def check_against_model(path, codes: Codes, model, allow_other_model: bool = False) -> None:
@@ -207,19 +348,9 @@ def check_against_model(path, codes: Codes, model, allow_other_model: bool = Fal
             f"made by model {made_by}, but the loaded model is {ours}; decode with the "
             "model that made it, or override (allow_other_model / --allow-other-model)",
         )
-    size = model.semantic_codebook_size
-    if codes.semantic_codes.numel() and not (
-        0 <= int(codes.semantic_codes.min()) and int(codes.semantic_codes.max()) < size
-    ):
-        _fail(
-            path,
-            f"semantic codes outside [0, {size}): [{int(codes.semantic_codes.min())}, "
-            f"{int(codes.semantic_codes.max())}]",
-        )
     ac = codes.acoustic_codes
-    if ac is not None:
-        n, size = model.config.n_codebooks, model.config.codebook_size
-        if ac.shape[1] > n:
-            _fail(path, f"{ac.shape[1]} acoustic codebooks, the model has {n}")
-        if ac.numel() and not (0 <= int(ac.min()) and int(ac.max()) < size):
-            _fail(path, f"acoustic codes outside [0, {size}): [{int(ac.min())}, {int(ac.max())}]")
+    n = model.config.n_codebooks
+    if ac is not None and ac.shape[1] > n:
+        _fail(path, f"{ac.shape[1]} acoustic codebooks, the model has {n}")
+    _check_token_lengths(path, codes, max_group(model))
+    _check_code_ranges(path, codes, model.semantic_codebook_size, model.config.codebook_size)

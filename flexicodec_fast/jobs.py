@@ -1,22 +1,35 @@
 """Encoding and decoding many files: the work behind `flexicodec-fast encode / decode`.
 
-Outputs are written atomically (temporary file + rename), files whose output exists are
-skipped (so an interrupted run resumes), and a file that cannot be read is reported and
-skipped while the rest goes on; the job returns the failures.
+Before any work, every input path is checked (a missing one or a folder without matching
+files is an `InputError`), the same file named twice is kept once, and the output folder is
+checked for writability. Outputs are written atomically (temporary file + rename) with the
+permissions the umask gives. A finished output is skipped only when it loads and was made
+by the same model with the same settings (so an interrupted run resumes); a partial, empty
+or unreadable one is redone with a warning, and one made with other settings stops the job
+before it starts unless `overwrite=True`. A file that cannot be read, or whose header
+promises more audio than it holds, is reported while the rest goes on; the job returns the
+failures. Ctrl-C raises `JobInterrupted`, which carries the report of what was finished.
 """
 
 from __future__ import annotations
 
+import json
+import struct
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 from tqdm import tqdm
 
 from .codes_file import SUFFIX, Codes, atomic_write, load_codes, make_metadata, save_codes
+from .codes_file import model_fingerprint as fingerprint_of
 from .fast import fast_decode, fast_encode
-from .reference.errors import FlexiCodecError
+from .options import EncodeOptions
+from .reference.errors import CodesFileError, FlexiCodecError, InputError
 from .reference.frontend import MIN_SAMPLES
 from .resampling import resample
 
@@ -30,20 +43,67 @@ class JobReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a job; `report` holds what was finished before it."""
+
+    def __init__(self, report: JobReport):
+        super().__init__()
+        self.report = report
+
+
 def collect(paths: list[Path], suffixes: tuple[str, ...]) -> list[tuple[Path, Path]]:
-    """(file, path relative to its input root) for files and folders (recursive), sorted."""
-    found = []
-    for root in paths:
-        root = Path(root)
+    """(file, path relative to its input root) for files and folders (recursive), sorted
+    within a folder; a file reached twice (same resolved path) is kept once."""
+    found, seen = [], set()
+    for root in map(Path, paths):
         if root.is_dir():
-            found += [
+            files = [
                 (p, p.relative_to(root))
                 for p in sorted(root.rglob("*"))
                 if p.is_file() and p.name.lower().endswith(suffixes)
             ]
+            if not files:
+                raise InputError(f"{root}: a folder with no {' / '.join(suffixes)} files in it")
+        elif root.exists():
+            files = [(root, Path(root.name))]
         else:
-            found.append((root, Path(root.name)))
+            raise InputError(f"{root}: no such file or folder")
+        for path, rel in files:
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                found.append((path, rel))
     return found
+
+
+def plan_outputs(files: list[tuple[Path, Path]], out_dir: Path, name) -> list[tuple[Path, Path]]:
+    """(input, output) pairs, the output `out_dir / name(relative path)`; two inputs that
+    would write one output are an error rather than one silently replacing the other."""
+    pairs, by_target = [], {}
+    for path, rel in files:
+        target = out_dir / name(rel)
+        if target in by_target:
+            raise InputError(
+                f"{by_target[target]} and {path} would both be written to {target}; "
+                "encode them in separate runs (or with different -o)"
+            )
+        by_target[target] = path
+        pairs.append((path, target))
+    return pairs
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """Create `out_dir` if needed and prove it writable, before any work is done."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output folder: {out_dir} is a file; expected a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise InputError(
+            f"output folder: cannot write into {out_dir} ({e.strerror or e})"
+        ) from None
 
 
 def to_model_audio(wav, sample_rate: int, mix_down: bool) -> torch.Tensor:
@@ -62,79 +122,314 @@ def to_model_audio(wav, sample_rate: int, mix_down: bool) -> torch.Tensor:
     return audio
 
 
+def _riff_frames(f) -> int | None:
+    """Frames a WAV's `data` chunk promises (libsndfile quietly clamps a cut file's count to
+    what is there, so the header is read here)."""
+    block_align = None
+    while len(chunk := f.read(8)) == 8:
+        cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if cid == b"fmt ":
+            fmt = f.read(size)
+            block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+            f.seek(size & 1, 1)
+        elif cid == b"data":
+            # 0 and 0xFFFFFFFF mean "length unknown" (a stream), so no promise.
+            if block_align and size not in (0, 0xFFFFFFFF):
+                return size // block_align
+            return None
+        else:
+            f.seek(size + (size & 1), 1)
+    return None
+
+
+def _aiff_frames(f) -> int | None:
+    """Frames an AIFF's `COMM` chunk promises."""
+    while len(chunk := f.read(8)) == 8:
+        cid, size = chunk[:4], struct.unpack(">I", chunk[4:])[0]
+        if cid == b"COMM":
+            comm = f.read(6)
+            return struct.unpack(">I", comm[2:6])[0] if len(comm) == 6 else None
+        f.seek(size + (size & 1), 1)
+    return None
+
+
+def header_frames(path: Path) -> int | None:
+    """The frame count a file's header promises (None when it makes no promise)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            return _riff_frames(f)
+        if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+            return _aiff_frames(f)
+    frames = sf.info(str(path)).frames
+    return frames if 0 < frames < 2**62 else None
+
+
+def header_seconds(path: Path) -> float:
+    """Duration from the header alone (0 when the file cannot be read): progress totals."""
+    try:
+        info = sf.info(str(path))
+        return (header_frames(path) or info.frames) / info.samplerate
+    except (OSError, RuntimeError, struct.error):
+        return 0.0
+
+
+def _seconds_bar(total: float, what: str, progress: bool) -> tqdm:
+    """A progress bar in seconds of audio (a long file moves it as much as many short ones)."""
+    return tqdm(
+        total=total,
+        desc=what,
+        disable=not progress,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
+        "[{elapsed}<{remaining}]",
+    )
+
+
+@dataclass
+class Source:
+    """One input file read for the model: `audio [N]` at 16 kHz mono, and the file's own
+    `sample_rate` and `length` in samples (what a decode gives back)."""
+
+    audio: torch.Tensor
+    sample_rate: int
+    length: int
+
+
+def read_source(path: Path, mix_down: bool, allow_truncated: bool = False) -> Source:
+    """Read an audio file, refusing (or with `allow_truncated`, warning about) one that holds
+    fewer frames than its header promises."""
+    if not Path(path).is_file():
+        raise InputError("no such file")
+    try:
+        promised = header_frames(path)
+        with sf.SoundFile(str(path)) as f:
+            rate, channels, blocks, error = f.samplerate, f.channels, [], None
+            try:
+                while len(block := f.read(1 << 16, dtype="float32", always_2d=True)):
+                    blocks.append(block)
+            except sf.LibsndfileError as e:
+                error = e
+    except (OSError, RuntimeError, struct.error) as e:
+        raise InputError(f"not a readable audio file ({e})") from None
+    wav = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
+    if error is not None or (promised is not None and len(wav) < promised):
+        what = (
+            f"its header promises {promised} frames, it holds {len(wav)}"
+            if error is None
+            else f"reading stopped after {len(wav)} frames ({error})"
+        )
+        if not allow_truncated:
+            raise InputError(f"truncated file: {what} (--allow-truncated encodes what is there)")
+        warnings.warn(
+            f"{path}: truncated file: {what}; encoding the {len(wav) / rate:.2f} s there",
+            stacklevel=2,
+        )
+    return Source(to_model_audio(wav, rate, mix_down), rate, len(wav))
+
+
 def read_audio(path: Path, mix_down: bool) -> torch.Tensor:
     """A file as 16 kHz mono float32 `[N]`."""
-    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    return to_model_audio(wav, sr, mix_down)
+    return read_source(path, mix_down).audio
+
+
+def encode_clips(model, clips: list[torch.Tensor], options: EncodeOptions) -> list[Codes]:
+    """Clips (16 kHz mono `[N_i]`) -> each one's `Codes` (batch 1, trimmed to its tokens, no
+    metadata; the threshold used in `metadata["threshold"]`). The one place jobs encode."""
+    lens = torch.tensor([c.numel() for c in clips])
+    enc = fast_encode(
+        torch.nn.utils.rnn.pad_sequence(clips, batch_first=True),
+        model,
+        num_quantizers=options.num_quantizers,
+        merging_threshold=options.merging_threshold,
+        audio_lens=lens,
+        backend=options.backend,
+        precision=options.precision,
+        target_frame_rate=options.target_frame_rate,
+        dither=options.dither,
+        attention_window=options.attention_window,
+    )
+    thresholds = enc.get("thresholds", torch.full((len(clips),), options.merging_threshold))
+    codes = Codes(
+        enc["semantic_codes"],
+        enc["acoustic_codes"],
+        enc["token_lengths"],
+        enc["total_frames"],
+        {"thresholds": json.dumps(thresholds.tolist())},
+    )
+    return [codes.item(i) for i in range(len(clips))]
+
+
+def settings_difference(metadata: dict, fingerprint: str, settings: dict) -> str:
+    """What differs between the settings recorded in a codes file and these ("" if none)."""
+    if "settings" not in metadata:
+        return "its settings are not recorded (written by an older version)"
+    recorded = json.loads(metadata["settings"])
+    diffs = [
+        f"{key} {recorded.get(key)!r} (now {settings.get(key)!r})"
+        for key in sorted(set(recorded) | set(settings))
+        if recorded.get(key) != settings.get(key)
+    ]
+    if metadata.get("model_fingerprint") != fingerprint:
+        diffs.insert(0, f"model {metadata.get('model_fingerprint')} (now {fingerprint})")
+    return ", ".join(diffs)
+
+
+def _finished_encode(target: Path, model, settings: dict) -> str | None:
+    """None when `target` must be (re)written; "" when it is finished with these settings;
+    else how its settings differ."""
+    if not target.exists():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no-checksum note: settings_difference says it
+            codes = load_codes(target, model, allow_other_model=True)
+    except CodesFileError as e:
+        warnings.warn(f"redoing {target}: {e}", stacklevel=3)
+        return None
+    return settings_difference(codes.metadata, fingerprint_of(model), settings)
 
 
 def encode_files(
     model,
     inputs: list[Path],
     out_dir: Path,
+    options: EncodeOptions | None = None,
     *,
     batch_size: int = 8,
-    num_quantizers: int = 8,
-    threshold: float = 0.91,
-    target_frame_rate: float | None = None,
-    precision: str = "fp32",
-    mix_down: bool = False,
-    attention_window: float | None = None,
+    overwrite: bool = False,
+    allow_truncated: bool = False,
     progress: bool = True,
 ) -> JobReport:
-    report = JobReport()
-    todo = []
-    for path, rel in collect(inputs, AUDIO_SUFFIXES):
-        target = out_dir / rel.with_name(rel.name + SUFFIX)
-        if target.exists():
-            report.skipped.append(target)
-        else:
+    """Encode audio files and folders (recursive) into `out_dir`, mirroring the input tree:
+    `x.wav` -> `x.wav.codes.safetensors`, each with the settings that made it."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    options = (options or EncodeOptions(num_quantizers=None)).for_model(model)
+    settings = options.settings()
+    pairs = plan_outputs(
+        collect(inputs, AUDIO_SUFFIXES), Path(out_dir), lambda r: r.with_name(r.name + SUFFIX)
+    )
+    check_output_folder(out_dir)
+    report, todo, stale = JobReport(), [], []
+    for path, target in pairs:
+        state = None if overwrite else _finished_encode(target, model, settings)
+        if state is None:
             todo.append((path, target))
-    bar = tqdm(total=len(todo), unit="file", disable=not progress, desc="encode")
-    for start in range(0, len(todo), batch_size):
-        batch, audios = [], []
-        for path, target in todo[start : start + batch_size]:
-            try:
-                audios.append(read_audio(path, mix_down))
-                batch.append((path, target))
-            except Exception as e:  # noqa: BLE001 - a bad file is reported, the job goes on
-                report.failed.append((path, str(e)))
-                bar.update(1)
-        if not batch:
-            continue
-        lens = torch.tensor([a.numel() for a in audios])
-        padded = torch.nn.utils.rnn.pad_sequence(audios, batch_first=True)
-        enc = fast_encode(
-            padded,
-            model,
-            num_quantizers=num_quantizers,
-            merging_threshold=threshold,
-            audio_lens=lens,
-            precision=precision,
-            target_frame_rate=target_frame_rate,
-            attention_window=attention_window,
+        elif state:
+            stale.append((target, state))
+        else:
+            report.skipped.append(target)
+    if stale:
+        target, difference = stale[0]
+        raise InputError(
+            f"{len(stale)} output(s) in {out_dir} were made with other settings, e.g. {target}: "
+            f"{difference}; use another output folder, or --overwrite (overwrite=True) to "
+            "replace them"
         )
-        thresholds = enc.get("thresholds", torch.full((len(batch),), threshold)).tolist()
-        codes = Codes(
-            enc["semantic_codes"],
-            enc["acoustic_codes"],
-            enc["token_lengths"],
-            enc["total_frames"],
-            make_metadata(
-                model,
-                num_quantizers=num_quantizers,
-                thresholds=thresholds,
-                audio_lengths=lens.tolist(),
-                sources=[str(p) for p, _ in batch],
-                attention_window=attention_window,
-            ),
-        )
-        for i, (_, target) in enumerate(batch):
-            save_codes(target, codes.item(i))
-            report.done.append(target)
-            bar.update(1)
-    bar.close()
+    seconds = [header_seconds(path) for path, _ in todo]
+    bar = _seconds_bar(sum(seconds), "encode", progress)
+    try:
+        for start in range(0, len(todo), batch_size):
+            batch, sources = [], []
+            for (path, target), length in zip(
+                todo[start : start + batch_size], seconds[start : start + batch_size], strict=True
+            ):
+                try:
+                    sources.append(read_source(path, options.mix_down, allow_truncated))
+                    batch.append((path, target, length))
+                except FlexiCodecError as e:
+                    report.failed.append((path, str(e)))
+                    bar.update(length)
+            if batch:
+                _encode_batch(model, batch, sources, options, report)
+                bar.update(sum(length for _, _, length in batch))
+    except KeyboardInterrupt:
+        raise JobInterrupted(report) from None
+    finally:
+        bar.close()
     return report
+
+
+def _encode_batch(model, batch, sources: list[Source], options: EncodeOptions, report) -> None:
+    try:
+        items = encode_clips(model, [s.audio for s in sources], options)
+    except FlexiCodecError as e:
+        report.failed += [(path, str(e)) for path, _, _ in batch]
+        return
+    for (path, target, _), source, codes in zip(batch, sources, items, strict=True):
+        codes.metadata = make_metadata(
+            model,
+            num_quantizers=codes.num_quantizers,
+            thresholds=json.loads(codes.metadata["thresholds"]),
+            audio_lengths=[source.audio.numel()],
+            sources=[str(path)],
+            frames=[int(codes.token_lengths.sum())],
+            source_sample_rates=[source.sample_rate],
+            source_lengths=[source.length],
+            settings=options.settings(),
+            attention_window=options.attention_window,
+        )
+        try:
+            save_codes(target, codes)
+        except OSError as e:
+            report.failed.append((path, f"cannot write {target} ({e.strerror or e})"))
+            continue
+        report.done.append(target)
+
+
+def _wav_name(rel: Path) -> Path:
+    # "clip.wav.codes.safetensors" decodes to "clip.wav"; other sources get ".wav" added.
+    name = rel.name[: -len(SUFFIX)] if rel.name.endswith(SUFFIX) else rel.name
+    return rel.with_name(name if name.lower().endswith(".wav") else name + ".wav")
+
+
+def output_shape(model, codes: Codes, native_16k: bool) -> tuple[int, int]:
+    """(sample rate, samples) of the WAV decoded from a one-item codes file: the input file's
+    own (recorded by the encode; files from older versions recorded only the 16 kHz length),
+    or with `native_16k` the decoder's raw 16 kHz output."""
+    frames = int(codes.token_lengths.sum())
+    native = int(model.dac.decoded_length(torch.tensor([frames]))[0])
+    if native_16k:
+        return 16000, native
+    meta = codes.metadata
+    if "source_sample_rates" in meta and "source_lengths" in meta:
+        return json.loads(meta["source_sample_rates"])[0], json.loads(meta["source_lengths"])[0]
+    if "audio_lengths" in meta:
+        return 16000, json.loads(meta["audio_lengths"])[0]
+    return 16000, native
+
+
+def to_source_shape(audio: torch.Tensor, sample_rate: int, length: int) -> torch.Tensor:
+    """Decoded 16 kHz `[N]` -> `[length]` at `sample_rate`: resampled, then cut or
+    zero-padded (the decoder makes whole 80 ms frames, so its output is rarely the input's
+    exact length)."""
+    audio = resample(audio, 16000, sample_rate)
+    return torch.nn.functional.pad(audio[:length], (0, max(0, length - audio.numel())))
+
+
+def _finished_decode(target: Path, shape: tuple[int, int]) -> bool:
+    if not target.exists():
+        return False
+    try:
+        info = sf.info(str(target))
+        if (info.samplerate, info.frames) == shape:
+            return True
+        why = f"{info.frames} samples at {info.samplerate} Hz, expected {shape[1]} at {shape[0]}"
+    except (OSError, RuntimeError) as e:
+        why = f"not a readable WAV ({e})"
+    warnings.warn(f"redoing {target}: {why}", stacklevel=3)
+    return False
+
+
+def _codes_seconds(path: Path) -> float:
+    """Audio seconds a codes file holds, from its metadata alone (0 if unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return sum(json.loads((f.metadata() or {})["audio_lengths"])) / 16000
+    except Exception:  # noqa: BLE001 - a bad file is reported when it is decoded
+        return 0.0
 
 
 def decode_files(
@@ -145,34 +440,61 @@ def decode_files(
     precision: str = "fp32",
     allow_other_model: bool = False,
     attention_window: float | None = None,
+    native_16k: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> JobReport:
+    """Decode codes files and folders of them into WAVs in `out_dir`, each at its input's
+    sample rate and length (`native_16k`: the decoder's raw 16 kHz output)."""
+    pairs = plan_outputs(collect(inputs, (SUFFIX,)), Path(out_dir), _wav_name)
+    check_output_folder(out_dir)
     report = JobReport()
-    files = collect(inputs, (SUFFIX,))
-    bar = tqdm(files, unit="file", disable=not progress, desc="decode")
-    for path, rel in bar:
-        # "clip.wav.codes.safetensors" decodes to "clip.wav"; other sources get ".wav" added.
-        name = rel.name[: -len(SUFFIX)] if rel.name.endswith(SUFFIX) else rel.name
-        target = out_dir / rel.with_name(name if name.lower().endswith(".wav") else name + ".wav")
-        if target.exists():
-            report.skipped.append(target)
-            continue
-        try:
-            codes = load_codes(path, model, allow_other_model=allow_other_model)
-            audio = fast_decode(
-                model,
-                codes.semantic_codes,
-                codes.acoustic_codes,
-                codes.token_lengths,
-                precision=precision,
-                attention_window=attention_window,
-            )
-        except FlexiCodecError as e:
-            report.failed.append((path, str(e)))
-            continue
-        samples = audio[0, 0].cpu().numpy()
-        atomic_write(
-            target, lambda tmp, s=samples: sf.write(tmp, s, 16000, format="WAV", subtype="FLOAT")
-        )
-        report.done.append(target)
+    decode_options = dict(
+        allow_other_model=allow_other_model, precision=precision, attention_window=attention_window
+    )
+    seconds = [_codes_seconds(path) for path, _ in pairs]
+    bar = _seconds_bar(sum(seconds), "decode", progress)
+    try:
+        for (path, target), length in zip(pairs, seconds, strict=True):
+            _decode_one(model, path, target, report, decode_options, native_16k, overwrite)
+            bar.update(length)
+    except KeyboardInterrupt:
+        raise JobInterrupted(report) from None
+    finally:
+        bar.close()
     return report
+
+
+def _decode_one(model, path, target, report, options: dict, native_16k, overwrite) -> None:
+    """Decode one codes file to `target`, recording the outcome in `report`."""
+    try:
+        codes = load_codes(path, model, allow_other_model=options["allow_other_model"])
+        if codes.total_frames.numel() != 1:
+            raise CodesFileError(
+                f"codes file {str(path)!r}: holds {codes.total_frames.numel()} items; decode "
+                "writes one WAV per file, so save one item per file (Codes.item)"
+            )
+        rate, length = output_shape(model, codes, native_16k)
+        if not overwrite and _finished_decode(target, (rate, length)):
+            report.skipped.append(target)
+            return
+        audio = fast_decode(
+            model,
+            codes.semantic_codes,
+            codes.acoustic_codes,
+            codes.token_lengths,
+            precision=options["precision"],
+            attention_window=options["attention_window"],
+        )[0, 0].cpu()
+    except FlexiCodecError as e:
+        report.failed.append((path, str(e)))
+        return
+    samples = (audio if native_16k else to_source_shape(audio, rate, length)).numpy()
+    try:
+        atomic_write(
+            target, lambda tmp: sf.write(tmp, samples, rate, format="WAV", subtype="FLOAT")
+        )
+    except OSError as e:
+        report.failed.append((path, f"cannot write {target} ({e.strerror or e})"))
+        return
+    report.done.append(target)

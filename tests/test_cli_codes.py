@@ -7,6 +7,7 @@ import shutil
 import pytest
 import soundfile as sf
 import torch
+from cli_helpers import fixture_model, fixture_model_args
 
 import flexicodec_fast as ff
 from flexicodec_fast.asr.recognizer import load_recognizer
@@ -17,19 +18,12 @@ from flexicodec_fast.fast import fast_encode
 
 @pytest.fixture(scope="module")
 def model_args(fixture_dir):
-    return [
-        "--checkpoint",
-        str(fixture_dir / "model.safetensors"),
-        "--config",
-        str(fixture_dir / "config.yaml"),
-    ]
+    return fixture_model_args(fixture_dir)
 
 
 @pytest.fixture(scope="module")
 def model(fixture_dir):
-    return ff.prepare_model(
-        fixture_dir / "model.safetensors", fixture_dir / "config.yaml", device="cpu"
-    )
+    return fixture_model(fixture_dir)
 
 
 @pytest.fixture()
@@ -62,7 +56,13 @@ def test_encode_folder_with_broken_file_then_decode(
     wavs = tmp_path / "wav"
     assert main(["decode", str(out), "-o", str(wavs), "--quiet", *model_args]) == 0
     audio, sr = sf.read(str(wavs / "a.wav"), dtype="float32")
-    assert sr == 16000 and audio.shape == (1280 * int(want["token_lengths"].sum()) - 16,)
+    # The input's rate and length: 16 kHz, 48000 samples (the decoder makes 1280 T - 16).
+    decoded = ff.fast_decode(
+        model, want["semantic_codes"], want["acoustic_codes"], want["token_lengths"]
+    )[0, 0]
+    assert sr == 16000 and decoded.numel() == 1280 * int(want["token_lengths"].sum()) - 16
+    assert torch.equal(torch.from_numpy(audio)[: decoded.numel()], decoded)
+    assert audio.shape == (48000,) and not audio[decoded.numel() :].any()
     assert (wavs / "sub" / "c.wav").exists()
 
 
@@ -177,7 +177,7 @@ def test_attention_window_option_encodes_and_decodes_like_the_api(
     want = fast_encode(audio[None], model, num_quantizers=3, attention_window=0.5)
     assert torch.equal(codes.semantic_codes, want["semantic_codes"])
     assert torch.equal(codes.acoustic_codes, want["acoustic_codes"])
-    assert main(["decode", str(out), "-o", str(wavs), *window]) == 0
+    assert main(["decode", str(out), "-o", str(wavs), "--native-16k", *window]) == 0
     decoded = torch.from_numpy(sf.read(wavs / "a.wav", dtype="float32")[0])
     expected = ff.fast_decode(
         model,
@@ -194,9 +194,20 @@ def test_attention_window_option_encodes_and_decodes_like_the_api(
     [
         (dict(semantic_codes=lambda t: t + 40000), "semantic codes outside"),
         (dict(acoustic_codes=lambda t: t + 64), "acoustic codes outside"),
-        (dict(acoustic_codes=lambda t: torch.cat([t, t], dim=1)), "acoustic codebooks"),
+        (
+            dict(
+                acoustic_codes=lambda t: torch.cat([t, t], dim=1),
+                metadata={"num_quantizers": "7"},
+            ),
+            "6 acoustic codebooks, the model has 4",
+        ),
         (dict(token_lengths=lambda t: t[:, :-1]), "token_lengths must be"),
-        (dict(total_frames=lambda t: t + 1), "does not match"),
+        (dict(total_frames=lambda t: t + 1), r"total_frames \[\d+\] outside"),
+        (dict(token_lengths=lambda t: t.index_fill(1, torch.tensor([0]), 9)), "at most 8"),
+        (dict(token_lengths=lambda t: t.index_fill(1, torch.tensor([1]), 0)), "0 after them"),
+        (dict(metadata={"num_quantizers": "3"}), "metadata num_quantizers is '3'"),
+        (dict(metadata={"frames": "[40]"}), r"cover \[\d+\] frames, the metadata says \[40\]"),
+        (dict(metadata={"sources": '["a", "b"]'}), "one value for each of 1 items"),
         (dict(metadata={"model_fingerprint": "0123456789abcdef"}), "made by model"),
         (dict(metadata={"format_version": "99"}), "format_version"),
     ],
