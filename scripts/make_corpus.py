@@ -1,10 +1,21 @@
-"""Generate the espeak-ng speech corpus that the built-in small FlexiCodec is trained on.
+"""Generate the speech corpora the built-in small FlexiCodec is trained on: espeak-ng speech,
+and human recordings from Debian's package archive (`--human`).
 
     python scripts/make_corpus.py --out /work/data/corpus            # 5000 + 250 utterances
     python scripts/make_corpus.py --out DIR --num 400 --num-heldout 40 --workers 2
+    python scripts/make_corpus.py --human --out /work/data/human     # ~3.6 h, 26 speakers
+    python scripts/make_corpus.py ... --augment 2   # + 2 augmented copies of each train clip
 
-System dependency: `espeak-ng` (Debian/Ubuntu package `espeak-ng`; `apt-get install espeak-ng`).
-Tested with espeak-ng 1.51.
+System dependencies: `espeak-ng` (Debian/Ubuntu package `espeak-ng`; `apt-get install
+espeak-ng`), tested with espeak-ng 1.51; for `--human` also `ffmpeg` (G.722 and GSM decoding)
+and apt-get + dpkg with `apt-get update` run once (packages are fetched by `apt-get download`
+and unpacked by `dpkg -x`, nothing is installed). The human sources, their speakers, the
+train/dev split and the licences are described in docs/builtin_model.md.
+
+Augmentation (`--augment K`, both corpora): K copies of every training clip through
+`flexicodec_fast.augment.random_augment` (tempo, pitch, vocal-tract-length warping,
+reverberation, band limit, noise, level), written to `train/aug/`, listed in `train.jsonl`
+with their parameters under "augment", seeded by (--seed, path, copy).
 
 Sentences come from a built-in template grammar (English, German, Spanish, French), drawn
 deterministically from `--seed`; a quarter of the utterances join two sentences so lengths
@@ -35,6 +46,7 @@ the same settings skips those and only synthesises what is missing.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import multiprocessing
 import os
@@ -45,12 +57,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
+import numpy as np
 import soundfile as sf
 import torch
 
+from flexicodec_fast.augment import random_augment
 from flexicodec_fast.resampling import resample
 
 SAMPLE_RATE = 16000
@@ -554,9 +571,16 @@ def _synthesise_job(job: tuple[dict, str]) -> dict:
 
 
 def build_corpus(
-    out_dir: Path, num: int, num_heldout: int, seed: int, workers: int, quiet: bool = False
+    out_dir: Path,
+    num: int,
+    num_heldout: int,
+    seed: int,
+    workers: int,
+    quiet: bool = False,
+    augment: int = 0,
 ) -> dict:
-    """Generate (or finish generating) the corpus in `out_dir`; returns the summary stats."""
+    """Generate (or finish generating) the corpus in `out_dir`; returns the summary stats.
+    `augment`: augmented copies of each training utterance (see `augment_record`)."""
     if shutil.which("espeak-ng") is None:
         raise RuntimeError(
             "espeak-ng is not on PATH: install the system package (Debian/Ubuntu: "
@@ -586,11 +610,12 @@ def build_corpus(
             records.append(record)
             if not quiet and (i + 1) % 500 == 0:
                 print(f"{i + 1}/{len(plan)} ({time.perf_counter() - start:.0f} s)", flush=True)
+        splits = {"train": [], "heldout": []}
+        for record in records:
+            splits[record["path"].split("/")[0]].append(record)
+        augmented = augment_split(splits["train"], augment, seed, out_dir, pool) if augment else []
     elapsed = time.perf_counter() - start
-
-    splits = {"train": [], "heldout": []}
-    for record in records:
-        splits[record["path"].split("/")[0]].append(record)
+    splits["train"] += augmented
     for split, items in splits.items():
         with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for record in items:
@@ -603,6 +628,7 @@ def build_corpus(
     stats = {
         "settings": settings,
         "utterances": {k: len(v) for k, v in splits.items()},
+        "augmented_copies": len(augmented),
         "hours": {k: round(sum(r["seconds"] for r in v) / 3600, 3) for k, v in splits.items()},
         "languages": dict(Counter(r["lang"] for r in records)),
         "voices": len({r["voice"] for r in records}),
@@ -616,6 +642,418 @@ def build_corpus(
     return stats
 
 
+# ---------------------------------------------------------------------------------------------
+# Human recordings from Debian's package archive (`--human`).
+
+
+@dataclass(frozen=True)
+class HumanSource:
+    """One Debian package of recordings. `speaker`: a fixed speaker name, or None where the
+    voice folder names the speaker (asterisk's `en_US_f_Allison` -> `Allison`); `transcripts`:
+    the package holding `core-sounds-<lang>.txt.gz`, or None; `espeak`: the espeak-ng voice
+    that turns its transcripts into phonemes."""
+
+    package: str
+    lang: str
+    espeak: str
+    transcripts: str | None = None
+    speaker: str | None = None
+
+
+HUMAN_SOURCES = {
+    s.package: s
+    for s in [
+        HumanSource("asterisk-core-sounds-en-g722", "en", "en-us", "asterisk-core-sounds-en"),
+        HumanSource("asterisk-core-sounds-es-g722", "es", "es-419", "asterisk-core-sounds-es"),
+        HumanSource("asterisk-core-sounds-fr-g722", "fr", "fr-fr", "asterisk-core-sounds-fr"),
+        HumanSource("asterisk-core-sounds-it-g722", "it", "it", "asterisk-core-sounds-it"),
+        HumanSource("asterisk-core-sounds-ru-g722", "ru", "ru", "asterisk-core-sounds-ru"),
+        HumanSource("asterisk-prompt-fr-armelle", "fr", "fr-fr", speaker="Armelle"),
+        HumanSource("asterisk-prompt-es-co", "es", "es-419", speaker="July"),
+        HumanSource("asterisk-prompt-it-menardi-wav", "it", "it"),
+        HumanSource("klettres-data", "", ""),
+    ]
+}
+# klettres-data: language folder -> espeak-ng voice (None: espeak-ng 1.51 has no such voice).
+KLETTRES_ESPEAK = {
+    "ar": "ar", "cs": "cs", "da": "da", "de": "de", "en": "en-us", "en_GB": "en-gb", "es": "es",
+    "fr": "fr-fr", "he": "he", "hu": "hu", "id": "id", "it": "it", "lt": "lt", "ml": "ml",
+    "nb": "nb", "nds": None, "nl": "nl", "nn": "nb", "pt_BR": "pt-br", "ru": "ru", "tn": "tn",
+    "uk": "uk",
+}  # fmt: skip
+# Folders that may hold one voice twice: who recorded which folder is not documented, so
+# they count as one speaker and land on the same side of the split.
+KLETTRES_SAME_SPEAKER = {"en_GB": "en", "nn": "nb"}
+# The dev speakers: one professional prompt voice (French; the other French voices stay in
+# training) and the klettres voices of five languages that keep other human voices in training
+# (German only through its synthetic speech).
+DEFAULT_DEV_SPEAKERS = (
+    "June",
+    "klettres-en",
+    "klettres-de",
+    "klettres-es",
+    "klettres-it",
+    "klettres-ru",
+)
+# Decoders: soundfile reads these itself; ffmpeg reads the raw telephone codecs at their rate.
+SOUNDFILE_SUFFIXES = (".wav", ".ogg", ".flac")
+FFMPEG_FORMATS = {".g722": ("g722", 16000), ".gsm": ("gsm", 8000)}
+# An entry like "[ascending tones]" or "<beep ascending>" or "(beep)" describes a sound that is
+# not speech; marks like these inside a prompt (or "*", "#": "star"/"pound"/"dièse", whichever
+# the speaker said) make a transcript unreliable, so such prompts keep no phonemes.
+MIN_SECONDS = 0.1
+NON_SPEECH = re.compile(r"^\s*[\[<(].*[\]>)]\s*$")
+UNRELIABLE = re.compile(r"[\[\]<>(){}*#]")
+
+
+def parse_core_sounds(text: str) -> tuple[dict[str, str], set[str]]:
+    """`core-sounds-<lang>.txt` -> ({prompt name: words}, {names of non-speech sounds}).
+
+    Lines are `name: words` (the name is the sound's path without extension, e.g.
+    `digits/7`); `;` starts a comment; prompts whose words are empty or unreliable (see
+    UNRELIABLE) are left out of the first dict; the second holds the bracketed descriptions.
+    """
+    prompts, non_speech = {}, set()
+    for line in text.lstrip("\ufeff").splitlines():
+        line = line.strip()
+        if not line or line.startswith(";") or ":" not in line:
+            continue
+        name, words = (part.strip() for part in line.split(":", 1))
+        if not name or " " in name:
+            continue
+        if NON_SPEECH.match(words):
+            non_speech.add(name)
+        elif words and not UNRELIABLE.search(words):
+            prompts[name] = " ".join(words.split())
+    return prompts, non_speech
+
+
+def parse_klettres_sounds(xml_text: str) -> list[tuple[str, str]]:
+    """A klettres `sounds.xml` -> [(what is spoken, file path relative to klettres/)], letters
+    and syllables alike, in file order."""
+    root = ElementTree.fromstring(xml_text)
+    return [(s.get("name"), s.get("file")) for s in root.iter("sound") if s.get("file")]
+
+
+def klettres_speaker(folder: str) -> str:
+    """The speaker name of a klettres language folder (`en_GB` -> `klettres-en`)."""
+    return f"klettres-{KLETTRES_SAME_SPEAKER.get(folder, folder)}"
+
+
+def asterisk_speaker(voice_folder: str) -> str:
+    """The speaker named by an asterisk voice folder (`en_US_f_Allison` -> `Allison`)."""
+    return voice_folder.rsplit("_", 1)[-1]
+
+
+def split_by_speaker(records: list[dict], dev_speakers: set[str]) -> tuple[list[dict], list[dict]]:
+    """(train, dev): the records of `dev_speakers` go to dev, all others to train, so no speaker
+    is on both sides. Raises when a dev speaker has no record (a typo would empty dev)."""
+    present = {r["speaker"] for r in records}
+    missing = sorted(set(dev_speakers) - present)
+    if missing:
+        raise ValueError(
+            f"dev_speakers: {missing} have no recordings; the speakers are {sorted(present)}"
+        )
+    train = [r for r in records if r["speaker"] not in dev_speakers]
+    dev = [r for r in records if r["speaker"] in dev_speakers]
+    return train, dev
+
+
+def decode_audio(path: Path) -> tuple[torch.Tensor, int]:
+    """Any of the recordings' formats -> (16 kHz mono float32 `[N]`, the file's own rate).
+
+    WAV, OGG and FLAC are read by soundfile (channels averaged); G.722 and GSM by ffmpeg at
+    their native rates (16 and 8 kHz). Resampling is `flexicodec_fast.resampling.resample`.
+    """
+    suffix = path.suffix.lower()
+    if suffix in SOUNDFILE_SUFFIXES:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        audio = torch.from_numpy(data).mean(dim=1)
+    elif suffix in FFMPEG_FORMATS:
+        if shutil.which("ffmpeg") is None:
+            raise RuntimeError(
+                f"decoding {path} needs ffmpeg on PATH (Debian/Ubuntu: `apt-get install ffmpeg`)"
+            )
+        fmt, rate = FFMPEG_FORMATS[suffix]
+        command = ["ffmpeg", "-v", "error", "-f", fmt, "-i", str(path)]
+        command += ["-f", "f32le", "-ac", "1", "-ar", str(rate), "pipe:1"]
+        result = subprocess.run(command, capture_output=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"ffmpeg failed on {path}: {result.stderr.decode().strip()}")
+        audio = torch.from_numpy(np.frombuffer(result.stdout, dtype=np.float32).copy())
+    else:
+        raise ValueError(
+            f"path: expected one of {SOUNDFILE_SUFFIXES + tuple(FFMPEG_FORMATS)}, got {path}"
+        )
+    return resample(audio, rate, SAMPLE_RATE), rate
+
+
+def fetch_package(package: str, debs: Path) -> Path:
+    """`apt-get download` + `dpkg -x` of `package` into `debs/`; returns the unpacked tree.
+    Both steps are skipped when their result exists (an earlier run)."""
+    tree = debs / "x" / package
+    if tree.exists():
+        return tree
+    debs.mkdir(parents=True, exist_ok=True)
+    if not list(debs.glob(f"{package}_*.deb")):
+        result = subprocess.run(
+            ["apt-get", "download", package], cwd=debs, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"apt-get download {package} failed (run `apt-get update` first?): "
+                f"{result.stderr.strip()}"
+            )
+    (deb,) = debs.glob(f"{package}_*.deb")
+    tmp = tree.with_name(tree.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run(["dpkg", "-x", str(deb), str(tmp)], check=True)
+    os.replace(tmp, tree)
+    return tree
+
+
+def _asterisk_items(source: HumanSource, debs: Path) -> tuple[list[dict], set[str]]:
+    tree = fetch_package(source.package, debs)
+    prompts, non_speech = {}, set()
+    if source.transcripts:
+        doc = fetch_package(source.transcripts, debs) / "usr/share/doc" / source.transcripts
+        (txt,) = doc.glob("core-sounds-*.txt.gz")
+        prompts, non_speech = parse_core_sounds(gzip.decompress(txt.read_bytes()).decode())
+    items = []
+    for voice in sorted((tree / "usr/share/asterisk/sounds").iterdir()):
+        speaker = source.speaker or asterisk_speaker(voice.name)
+        for path in sorted(voice.rglob("*")):
+            suffix = path.suffix.lower()
+            if suffix not in SOUNDFILE_SUFFIXES and suffix not in FFMPEG_FORMATS:
+                continue
+            name = path.relative_to(voice).with_suffix("").as_posix()
+            items.append(
+                {
+                    "source": str(path),
+                    "name": name,
+                    "package": source.package,
+                    "speaker": speaker,
+                    "lang": source.lang,
+                    "espeak": source.espeak,
+                    "text": prompts.get(name),
+                }
+            )
+    return items, non_speech
+
+
+def _klettres_items(debs: Path) -> list[dict]:
+    root = fetch_package("klettres-data", debs) / "usr/share/klettres"
+    items = []
+    for xml in sorted(root.glob("*/sounds.xml")):
+        folder = xml.parent.name
+        for spoken, rel in parse_klettres_sounds(xml.read_text(encoding="utf-8")):
+            path = root / rel
+            if not path.exists():
+                continue
+            items.append(
+                {
+                    "source": str(path),
+                    "name": f"{folder}/{Path(rel).stem}",
+                    "package": "klettres-data",
+                    "speaker": klettres_speaker(folder),
+                    "lang": folder,
+                    "espeak": KLETTRES_ESPEAK.get(folder),
+                    # espeak spells capitals as letters, which a syllable like "BA" is not.
+                    "text": spoken.lower() if KLETTRES_ESPEAK.get(folder) else None,
+                }
+            )
+    return items
+
+
+def collect_human_items(packages: list[str], debs: Path) -> list[dict]:
+    """Download and unpack `packages`; one item per speech recording (non-speech sounds and
+    asterisk's silence files left out), with its speaker, language and transcript."""
+    unknown = sorted(set(packages) - set(HUMAN_SOURCES))
+    if unknown:
+        raise ValueError(f"packages: unknown {unknown}; known: {sorted(HUMAN_SOURCES)}")
+    items, non_speech = [], set()
+    for package in packages:
+        if package == "klettres-data":
+            items += _klettres_items(debs)
+        else:
+            found, skip = _asterisk_items(HUMAN_SOURCES[package], debs)
+            items += found
+            non_speech |= skip
+    # A beep named in one language's list is a beep in every package that has the file.
+    return [
+        i for i in items if i["name"] not in non_speech and not i["name"].startswith("silence/")
+    ]
+
+
+def espeak_phonemes(text: str, voice: str) -> str:
+    """espeak-ng's IPA (`--ipa --sep=_`, no audio) for `text` read by `voice`."""
+    command = ["espeak-ng", "-q", "-v", voice, "--ipa", "--sep=_", text]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"espeak-ng failed ({' '.join(command)}): {result.stderr.strip()}")
+    return " ".join(result.stdout.split())
+
+
+def prepare_human(item: dict, out_dir: Path) -> dict:
+    """Decode one recording to `out_dir / item["path"]` (16 kHz PCM16) and phonemise its
+    transcript; returns its record, or None for a recording shorter than MIN_SECONDS (one
+    asterisk file is empty). Resumable like `synthesise` (a sidecar per wav)."""
+    wav_path = out_dir / item["path"]
+    sidecar = wav_path.with_suffix(".json")
+    if sidecar.exists():
+        return json.loads(sidecar.read_text(encoding="utf-8"))
+    audio, rate = decode_audio(Path(item["source"]))
+    if audio.numel() < MIN_SECONDS * SAMPLE_RATE:
+        return None
+    wav_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_wav = wav_path.with_suffix(".tmp.wav")
+    sf.write(str(tmp_wav), audio.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
+    os.replace(tmp_wav, wav_path)
+    record = {k: item[k] for k in ("path", "name", "package", "speaker", "lang", "text")}
+    record["source_rate"] = rate
+    record["seconds"] = round(audio.numel() / SAMPLE_RATE, 3)
+    if item["text"] and item["espeak"]:
+        record["ipa"] = espeak_phonemes(item["text"], item["espeak"])
+        record["phonemes"] = " ".join(phoneme_tokens(record["ipa"]))
+    tmp_sidecar = sidecar.with_suffix(".json.tmp")
+    tmp_sidecar.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp_sidecar, sidecar)
+    return record
+
+
+def _prepare_job(job: tuple[dict, str]) -> dict:
+    item, out_dir = job
+    return prepare_human(item, Path(out_dir))
+
+
+def augment_record(record: dict, copy: int, seed: int, out_dir: Path) -> dict:
+    """Copy `copy` of a training record through `flexicodec_fast.augment.random_augment`,
+    written beside the split as `train/aug/...`; the transcript is unchanged (tempo moves the
+    timing, not the words). Seeded by (seed, path, copy), so reruns give the same audio."""
+    path = Path(record["path"])
+    aug_path = Path("train") / "aug" / path.relative_to("train").with_suffix("")
+    aug_path = aug_path.with_name(f"{aug_path.name}_aug{copy}.wav")
+    sidecar = (out_dir / aug_path).with_suffix(".json")
+    if sidecar.exists():
+        return json.loads(sidecar.read_text(encoding="utf-8"))
+    audio = torch.from_numpy(sf.read(str(out_dir / path), dtype="float32")[0])
+    clip_seed = zlib.crc32(f"{seed}:{record['path']}:{copy}".encode())
+    augmented, params = random_augment(audio, clip_seed)
+    (out_dir / aug_path).parent.mkdir(parents=True, exist_ok=True)
+    tmp_wav = (out_dir / aug_path).with_suffix(".tmp.wav")
+    sf.write(str(tmp_wav), augmented.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
+    os.replace(tmp_wav, out_dir / aug_path)
+    out = dict(record, path=aug_path.as_posix(), augment=params)
+    out["seconds"] = round(augmented.numel() / SAMPLE_RATE, 3)
+    tmp_sidecar = sidecar.with_suffix(".json.tmp")
+    tmp_sidecar.write_text(json.dumps(out, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp_sidecar, sidecar)
+    return out
+
+
+def _augment_job(job: tuple[dict, int, int, str]) -> dict:
+    record, copy, seed, out_dir = job
+    return augment_record(record, copy, seed, Path(out_dir))
+
+
+def augment_split(
+    records: list[dict], copies: int, seed: int, out_dir: Path, pool: multiprocessing.Pool
+) -> list[dict]:
+    """`copies` augmented versions of every training record (see `augment_record`)."""
+    jobs = [(r, c, seed, str(out_dir)) for r in records for c in range(copies)]
+    return list(pool.imap(_augment_job, jobs, chunksize=4))
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _hours(records: list[dict], key: str) -> dict[str, float]:
+    totals = Counter()
+    for r in records:
+        totals[r[key]] += r["seconds"]
+    return {k: round(v / 3600, 4) for k, v in sorted(totals.items())}
+
+
+def build_human_corpus(
+    out_dir: Path,
+    debs: Path,
+    packages: list[str],
+    dev_speakers: set[str],
+    workers: int,
+    augment: int = 0,
+    seed: int = 0,
+) -> dict:
+    """Download, decode, transcribe and split the human recordings into `out_dir`.
+
+    Layout as the synthetic corpus, with `heldout` the dev split:
+    `train/<speaker>/<package>/<name>.wav`, `heldout/...`; `train.jsonl` / `heldout.jsonl`
+    hold the recordings with phonemes (what the recogniser trains and is scored on),
+    `untranscribed.jsonl` the others (codec training audio); `phonemes.txt` is the train
+    split's inventory.
+    """
+    for tool in ("espeak-ng", "ffmpeg", "apt-get", "dpkg"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not on PATH (Debian/Ubuntu: apt-get install {tool})")
+    items = collect_human_items(packages, debs)
+    train, dev = split_by_speaker(items, dev_speakers)
+    for split, group in (("train", train), ("heldout", dev)):
+        for item in group:
+            # One voice can be in two packages (Allison's English and Spanish prompts have the
+            # same names): the package keeps their files apart.
+            item["path"] = f"{split}/{item['speaker']}/{item['package']}/{item['name']}.wav"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with multiprocessing.Pool(workers, initializer=_worker_init) as pool:
+        jobs = [(item, str(out_dir)) for item in train + dev]
+        records = list(pool.imap(_prepare_job, jobs, chunksize=8))
+        train_records = [r for r in records[: len(train)] if r is not None]
+        dev_records = [r for r in records[len(train) :] if r is not None]
+        records = train_records + dev_records
+        augmented = augment_split(train_records, augment, seed, out_dir, pool) if augment else []
+    elapsed = time.perf_counter() - start
+
+    def transcribed(group):
+        return [r for r in group if r.get("phonemes")]
+
+    _write_jsonl(out_dir / "train.jsonl", transcribed(train_records + augmented))
+    _write_jsonl(out_dir / "heldout.jsonl", transcribed(dev_records))
+    untranscribed = [r for r in records + augmented if not r.get("phonemes")]
+    _write_jsonl(out_dir / "untranscribed.jsonl", untranscribed)
+    counts = Counter(t for r in transcribed(train_records) for t in r["phonemes"].split())
+    inventory = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    (out_dir / "phonemes.txt").write_text("\n".join(inventory) + "\n", encoding="utf-8")
+    stats = {
+        "packages": packages,
+        "dev_speakers": sorted(dev_speakers),
+        "recordings": {"train": len(train_records), "heldout": len(dev_records)},
+        "transcribed": {
+            "train": len(transcribed(train_records)),
+            "heldout": len(transcribed(dev_records)),
+        },
+        "augmented_copies": len(augmented),
+        "hours": {
+            "train": round(sum(r["seconds"] for r in train_records) / 3600, 3),
+            "heldout": round(sum(r["seconds"] for r in dev_records) / 3600, 3),
+            "augmented": round(sum(r["seconds"] for r in augmented) / 3600, 3),
+        },
+        "hours_per_speaker": {
+            "train": _hours(train_records, "speaker"),
+            "heldout": _hours(dev_records, "speaker"),
+        },
+        "hours_per_language": _hours(records, "lang"),
+        "phonemes": len(inventory),
+        "seconds_this_run": round(elapsed, 1),
+        "workers": workers,
+    }
+    (out_dir / "corpus.json").write_text(
+        json.dumps(stats, indent=1, ensure_ascii=False), encoding="utf-8"
+    )
+    return stats
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="corpus folder (created)")
@@ -623,10 +1061,38 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-heldout", type=int, default=250, help="held-out utterances")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="synthesis processes")
+    parser.add_argument(
+        "--augment", type=int, default=0, help="augmented copies of each training recording"
+    )
+    parser.add_argument(
+        "--human", action="store_true", help="the human recordings instead of espeak-ng speech"
+    )
+    parser.add_argument(
+        "--debs", type=Path, help="--human: where packages are downloaded (default OUT/debs)"
+    )
+    parser.add_argument(
+        "--packages", nargs="+", default=list(HUMAN_SOURCES), help="--human: Debian packages"
+    )
+    parser.add_argument(
+        "--dev-speakers", nargs="+", default=list(DEFAULT_DEV_SPEAKERS), help="--human"
+    )
     args = parser.parse_args(argv)
-    if args.num < 1 or args.num_heldout < 0 or args.workers < 1:
-        parser.error("--num and --workers must be >= 1 and --num-heldout >= 0")
-    stats = build_corpus(args.out, args.num, args.num_heldout, args.seed, args.workers)
+    if args.num < 1 or args.num_heldout < 0 or args.workers < 1 or args.augment < 0:
+        parser.error("--num and --workers must be >= 1, --num-heldout and --augment >= 0")
+    if args.human:
+        stats = build_human_corpus(
+            args.out,
+            args.debs or args.out / "debs",
+            args.packages,
+            set(args.dev_speakers),
+            args.workers,
+            args.augment,
+            args.seed,
+        )
+    else:
+        stats = build_corpus(
+            args.out, args.num, args.num_heldout, args.seed, args.workers, augment=args.augment
+        )
     json.dump(stats, sys.stdout, indent=1, ensure_ascii=False)
     print()
     return stats
