@@ -1,9 +1,10 @@
 """Static profile of the Triton kernels: what each would ask of an sm_80 / sm_90 GPU.
 
-Every kernel module's `AOT_SPECS` (contract in `flexicodec_fast.kernels.aot`) is compiled
-ahead of time for each architecture, with no GPU; `cuobjdump` and `ptxas -v` report
-registers, shared memory and spills, the SASS tells whether loads are 128-bit and whether
-tensor-core MMA is used. `predicted_us` is a roofline bound on an H100 SXM:
+Every kernel's production configurations (`flexicodec_fast.kernels.aot_specs`, contract in
+`flexicodec_fast.kernels.aot`) are compiled ahead of time for each architecture, with no GPU;
+`cuobjdump` and `ptxas -v` report registers, shared memory and spills, the SASS tells
+whether loads are 128-bit and whether tensor-core MMA is used. `predicted_us` is a roofline
+bound on an H100 SXM:
 
     predicted_us = max(bytes / 3.0e12, flops / peak) * 1e6
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 from .kernels.aot import (
     HBM_BYTES_PER_S,
-    KERNEL_MODULES,
     PEAKS,
     compile_many,
     load_specs,
@@ -39,9 +39,9 @@ COLUMNS = (
 )
 
 
-def static_report(archs=(80, 90), modules=KERNEL_MODULES) -> list[dict]:
-    """One row per (kernel spec, arch): the `COLUMNS` keys plus `module`, `function`,
-    `local_bytes` and `stack_bytes`. Kernel modules not written yet are left out."""
+def static_report(archs=(80, 90), modules=None) -> list[dict]:
+    """One row per (kernel spec, arch) of the kernel modules named (all when None): the
+    `COLUMNS` keys plus `module`, `function`, `local_bytes` and `stack_bytes`."""
     specs, _skipped = load_specs(modules)
     requests = [(module, spec, arch) for module, spec in specs for arch in archs]
     infos = compile_many([spec_request(spec, arch) for _, spec, arch in requests])

@@ -13,13 +13,14 @@ the tests) `@triton.jit` returns an interpreted function instead, so the compila
 done in child Python processes with that variable removed, which imports the kernel's module
 afresh; results are identical either way.
 
-Contract for kernel modules (`kernels/<op>.py`): each exposes `AOT_SPECS`, a list of `AotSpec`
-(or of plain dicts with the same keys), one per production configuration worth reporting:
+Contract: `kernels/aot_specs.py` holds `SPECS`, which maps each kernel module's name
+(`kernels/<op>.py`) to a list of `AotSpec` (or of plain dicts with the same keys), one per
+production configuration worth reporting:
 
-    AOT_SPECS = [
+    SPECS["snake"] = [
         AotSpec(
             name="snake_fwd fp32",               # row label in the static report
-            kernel=_snake_fwd_kernel,            # the @triton.jit function
+            kernel=snake._snake_fwd_kernel,      # the @triton.jit function
             signature={"x_ptr": "*fp32", "stride_xb": "i64", "n": "i32", ...},
             #   every runtime argument and its Triton type: "*fp32" "*fp16" "*bf16" "*i64"
             #   "*i32" pointers, "i32" "i64" "fp32" scalars
@@ -37,9 +38,6 @@ Contract for kernel modules (`kernels/<op>.py`): each exposes `AOT_SPECS`, a lis
             expect_ldg128=True, expect_mma=False,  # what tests/test_aot.py asserts
         ),
     ]
-
-`KERNEL_MODULES` lists the modules the static report looks for; a module that does not exist
-yet, or has no `AOT_SPECS`, is skipped.
 """
 
 from __future__ import annotations
@@ -56,8 +54,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-KERNEL_MODULES = ("merge", "interleave", "attention", "fsq", "bsq", "rvq", "unmerge", "snake")
 
 PEAKS = {"fp32": 67e12, "tf32": 494e12, "tensor16": 989e12}
 """H100 SXM dense peaks, operations per second: fp32 on CUDA cores (non-tensor), tf32 and
@@ -370,21 +366,15 @@ def compile_spec(spec: AotSpec | dict, arch: int) -> CompiledInfo:
     return compile_many([spec_request(spec, arch)])[0]
 
 
-def load_specs(modules=KERNEL_MODULES) -> tuple[list[tuple[str, AotSpec]], list[str]]:
-    """`(module, spec)` for every `AOT_SPECS` entry of the kernel modules that exist, and the
-    names of the modules skipped (not written yet, or without `AOT_SPECS`)."""
+def load_specs(modules=None) -> tuple[list[tuple[str, AotSpec]], list[str]]:
+    """`(module, spec)` for every spec of the kernel modules named (all of `aot_specs.SPECS`
+    when None), and the names skipped for having no specs."""
+    # Imported here, not above: aot_specs imports this module for `AotSpec`.
+    from .aot_specs import SPECS
+
     specs, skipped = [], []
-    package = __name__.rpartition(".")[0]
-    for module_name in modules:
-        qualified = f"{package}.{module_name}"
-        try:
-            module = importlib.import_module(qualified)
-        except ModuleNotFoundError as err:
-            if err.name != qualified:
-                raise
-            skipped.append(module_name)
-            continue
-        module_specs = getattr(module, "AOT_SPECS", None)
+    for module_name in SPECS if modules is None else modules:
+        module_specs = SPECS.get(module_name)
         if not module_specs:
             skipped.append(module_name)
             continue

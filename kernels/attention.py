@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from ._checks import check_float_dtype, check_inner_contiguous
 from ._triton import select_backend, tl, triton
-from .aot import AotSpec
 
 MAX_HEAD_DIM = 128
 PRECISIONS = ("ieee", "tf32")
@@ -505,88 +504,3 @@ def attention(
         block_m,
         block_n,
     )
-
-
-# Production shape: the bottleneck transformer (8 heads of 64, full attention) on a batch of
-# eight ~80 s clips at 12.5 Hz, L = 1024 (aggregators run the same kernel on T + G positions;
-# the windowed variant is the paper's local attention, w = 16).
-_B, _H, _L, _DH = 8, 8, 1024, 64
-_STRIDES = (
-    "stride_qb",
-    "stride_qh",
-    "stride_ql",
-    "stride_kb",
-    "stride_kh",
-    "stride_kl",
-    "stride_vb",
-    "stride_vh",
-    "stride_vl",
-    "stride_tl",
-    "stride_ob",
-    "stride_ol",
-)
-
-
-def _spec(dtype: str, precision: str = "ieee", window: int | None = None) -> AotSpec:
-    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    size = torch_dtype.itemsize
-    block_m, block_n, num_warps = launch_config(tile_width(_DH), torch_dtype, precision)
-    # Keys each query visits: all of them, or the blocks its band touches.
-    keys = _L if window is None else min(_L, 2 * window + block_m + block_n)
-    tensor_cores = dtype != "fp32" or precision == "tf32"
-    pattern = "full" if window is None else f"window {window}"
-    return AotSpec(
-        name=f"attention {dtype}{' ' + precision if dtype == 'fp32' else ''} {pattern}",
-        kernel=_attention_kernel,
-        signature={
-            "q_ptr": f"*{dtype}",
-            "k_ptr": f"*{dtype}",
-            "v_ptr": f"*{dtype}",
-            "cos_ptr": "*fp32",
-            "sin_ptr": "*fp32",
-            "len_ptr": "*i64",
-            "o_ptr": f"*{dtype}",
-            **{s: "i32" for s in _STRIDES},
-            "H": "i32",
-            "L": "i32",
-            "before": "i32",
-            "after": "i32",
-            "qk_scale": "fp32",
-        },
-        constexprs={
-            "HEAD_DIM": _DH,
-            "BLOCK_D": tile_width(_DH),
-            "BLOCK_M": block_m,
-            "BLOCK_N": block_n,
-            "BANDED": window is not None,
-            "INPUT_PRECISION": precision,
-        },
-        aligned=(
-            "q_ptr",
-            "k_ptr",
-            "v_ptr",
-            "cos_ptr",
-            "sin_ptr",
-            "len_ptr",
-            "o_ptr",
-            *_STRIDES,
-            "L",
-        ),
-        num_warps=num_warps,
-        num_stages=NUM_STAGES,
-        shape=f"q, k, v [{_B},{_H},{_L},{_DH}] {dtype}, {pattern}",
-        bytes=4 * _B * _H * _L * _DH * size + _L * _DH * 4 + 8 * _B,
-        flops=4 * _B * _H * _L * keys * _DH,
-        peak="fp32" if not tensor_cores else ("tf32" if dtype == "fp32" else "tensor16"),
-        expect_ldg128=True,
-        expect_mma=tensor_cores,
-    )
-
-
-AOT_SPECS = [
-    _spec("fp16"),
-    _spec("bf16"),
-    _spec("fp16", window=16),
-    _spec("fp32", "ieee"),
-    _spec("fp32", "tf32"),
-]

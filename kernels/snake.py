@@ -21,7 +21,6 @@ import torch
 
 from ._checks import check_float_dtype, check_inner_contiguous
 from ._triton import select_backend, tl, triton
-from .aot import AotSpec
 
 BLOCK_N = 1024
 NUM_WARPS = 4
@@ -368,95 +367,3 @@ def snake_backward(
     _check(x, alpha, grad_out)
     select_backend(backend, x.device)
     return _snake_backward_op(grad_out, x, alpha, backend)
-
-
-# Production shape: the 96-channel stage of the DAC decoder for a batch of eight 60 s clips
-# (T = 750 frames -> N = 16 * 5 * 4 * T - 4 = 239996, rounded to an aligned 240000).
-_B, _C, _N = 8, 96, 240000
-_ELEMS = _B * _C * _N
-_SIN_COST = 1  # sin/cos counted as one operation each: the op is memory-bound by far
-
-
-def _fwd_spec(dtype: str, size: int) -> AotSpec:
-    return AotSpec(
-        name=f"snake_fwd {dtype}",
-        kernel=_snake_fwd_kernel,
-        signature={
-            "x_ptr": f"*{dtype}",
-            "alpha_ptr": f"*{dtype}",
-            "y_ptr": f"*{dtype}",
-            "stride_xb": "i64",
-            "stride_xc": "i64",
-            "stride_yb": "i64",
-            "stride_yc": "i64",
-            "C": "i32",
-            "N": "i32",
-            "num_blocks": "i32",
-        },
-        constexprs={"stride_ac": 1, "BLOCK_N": BLOCK_N},
-        aligned=(
-            "x_ptr",
-            "alpha_ptr",
-            "y_ptr",
-            "stride_xb",
-            "stride_xc",
-            "stride_yb",
-            "stride_yc",
-            "C",
-            "N",
-        ),
-        num_warps=NUM_WARPS,
-        options={"enable_fp_fusion": False},
-        shape=f"x [{_B},{_C},{_N}] {dtype}",
-        bytes=2 * _ELEMS * size + _C * size,
-        flops=_ELEMS * (4 + _SIN_COST),
-        expect_ldg128=True,
-    )
-
-
-def _bwd_spec(dtype: str, size: int) -> AotSpec:
-    return AotSpec(
-        name=f"snake_bwd {dtype}",
-        kernel=_snake_bwd_kernel,
-        signature={
-            "g_ptr": f"*{dtype}",
-            "x_ptr": f"*{dtype}",
-            "alpha_ptr": f"*{dtype}",
-            "gx_ptr": f"*{dtype}",
-            "partial_ptr": "*fp32",
-            "stride_gb": "i64",
-            "stride_gc": "i64",
-            "stride_xb": "i64",
-            "stride_xc": "i64",
-            "stride_gxb": "i64",
-            "stride_gxc": "i64",
-            "C": "i32",
-            "N": "i32",
-            "num_blocks": "i32",
-        },
-        constexprs={"stride_ac": 1, "BLOCK_N": BLOCK_N},
-        aligned=(
-            "g_ptr",
-            "x_ptr",
-            "alpha_ptr",
-            "gx_ptr",
-            "partial_ptr",
-            "stride_gb",
-            "stride_gc",
-            "stride_xb",
-            "stride_xc",
-            "stride_gxb",
-            "stride_gxc",
-            "C",
-            "N",
-        ),
-        num_warps=BWD_NUM_WARPS,
-        options={"enable_fp_fusion": False},
-        shape=f"x, grad [{_B},{_C},{_N}] {dtype}",
-        bytes=3 * _ELEMS * size + 4 * _B * _C * triton.cdiv(_N, BLOCK_N),
-        flops=_ELEMS * (12 + 2 * _SIN_COST),
-        expect_ldg128=True,
-    )
-
-
-AOT_SPECS = [_fwd_spec("fp32", 4), _fwd_spec("bf16", 2), _bwd_spec("fp32", 4)]

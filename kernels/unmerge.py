@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from ._checks import check_float_dtype, check_inner_contiguous
 from ._triton import select_backend, tl, triton
-from .aot import AotSpec
 
 BLOCK_T = 16
 BLOCK_D = 128
@@ -197,55 +196,3 @@ def unmerge(
     _check(sem, ac, token_lengths, T)
     select_backend(backend, sem.device)
     return _unmerge_op(sem, ac, token_lengths, T, backend)
-
-
-# Production shape: a batch of eight 60 s clips at 12.5 Hz (T = 750) merged to ~8 Hz.
-_B, _G, _T, _D = 8, 480, 750, 512
-
-
-def _spec(dtype: str, size: int) -> AotSpec:
-    return AotSpec(
-        name=f"unmerge {dtype}",
-        kernel=_unmerge_kernel,
-        signature={
-            "sem_ptr": f"*{dtype}",
-            "ac_ptr": f"*{dtype}",
-            "ends_ptr": "*i64",
-            "out_ptr": f"*{dtype}",
-            "stride_sb": "i32",
-            "stride_sg": "i32",
-            "stride_ab": "i32",
-            "stride_ag": "i32",
-            "stride_eb": "i32",
-            "stride_ob": "i32",
-            "stride_ot": "i32",
-            "G": "i32",
-            "T": "i32",
-            "D": "i32",
-            "search_steps": "i32",
-        },
-        constexprs={"HAS_AC": True, "BLOCK_T": BLOCK_T, "BLOCK_D": BLOCK_D},
-        aligned=(
-            "sem_ptr",
-            "ac_ptr",
-            "ends_ptr",
-            "out_ptr",
-            "stride_sb",
-            "stride_sg",
-            "stride_ab",
-            "stride_ag",
-            "stride_eb",
-            "stride_ob",
-            "stride_ot",
-            "G",
-            "D",
-        ),
-        num_warps=NUM_WARPS,
-        shape=f"sem, ac [{_B},{_G},{_D}] -> [{_B},{_T},{_D}] {dtype}",
-        bytes=2 * _B * _G * _D * size + _B * _G * 8 + _B * _T * _D * size,
-        flops=_B * _T * _D,
-        expect_ldg128=True,
-    )
-
-
-AOT_SPECS = [_spec("fp32", 4), _spec("bf16", 2)]

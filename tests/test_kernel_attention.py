@@ -299,9 +299,3 @@ def test_errors():
     with pytest.raises(ValueError, match="q must have a contiguous last dimension"):
         qt = q.transpose(2, 3).contiguous().transpose(2, 3)
         attention(qt, k, v, backend="triton")
-
-
-def test_aot_specs_expect_tensor_cores_for_half_precision():
-    for spec in attention_mod.AOT_SPECS:
-        half = "fp16" in spec.name or "bf16" in spec.name
-        assert spec.expect_mma == (half or "tf32" in spec.name)

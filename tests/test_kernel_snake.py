@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from flexicodec_fast.kernels import snake as snake_mod
 from flexicodec_fast.kernels.snake import snake, snake_, snake_backward, snake_into, snake_torch
 from flexicodec_fast.reference.snake import snake as reference_snake
 
@@ -242,10 +241,6 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="needs the Triton interpreter"):
         snake(x, alpha, backend="triton")
-
-
-def test_aot_specs_expect_128_bit_loads():
-    assert all(spec.expect_ldg128 for spec in snake_mod.AOT_SPECS)
 
 
 def test_torch_function_is_the_reference_expression():

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from flexicodec_fast.kernels import unmerge as unmerge_mod
 from flexicodec_fast.kernels.unmerge import unmerge, unmerge_torch
 
 BACKENDS = ["torch", "triton"]
@@ -166,7 +165,3 @@ def test_errors():
         unmerge(sem.double(), None, lengths, 4)
     with pytest.raises(TypeError, match="token_lengths must be a torch.Tensor, got list"):
         unmerge(sem, ac, [[1]], 4)
-
-
-def test_aot_specs_expect_128_bit_loads():
-    assert all(spec.expect_ldg128 for spec in unmerge_mod.AOT_SPECS)
