@@ -134,15 +134,17 @@ def test_chunks_equal_the_whole_pass(monkeypatch, channels_last):
     Under PyTorch's native convolutions: oneDNN (the default on CPU) picks its transposed-
     and channels-last convolution algorithms by input length, so a position can be summed in
     another order in a chunk than in the whole (measured: up to 4e-7). The native ones are
-    position-invariant, except that a matrix product's last partial block of 16 columns is
-    summed in another order; here each last chunk starts an even number of frames before
-    the end (chunks of 4, even context), which keeps the whole's column phase at the end.
+    position-invariant, except (measured) the decoder's last convolution, one output
+    channel: its last partial block of 16 output samples is summed in another order, so a
+    chunk must start at an even frame (40 samples a frame) to end in the whole's phase. The
+    chunks start at multiples of 4 minus the context, which must then be even.
     """
     encoder = _randomised(Encoder(8, [2, 4, 5], 16), seed=0)
     decoder = _randomised(Decoder(16, 64, [5, 4, 2]), seed=2)
     fast_encoder = FastEncoder(encoder, None, channels_last)
     fast_decoder = FastDecoder(decoder, None, channels_last)
     hop = fast_encoder.hop
+    assert fast_decoder.context % 2 == 0, "odd decoder context: chunks end out of phase"
     gen = torch.Generator().manual_seed(9)
     with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
         for stack, channels, per_frame in ((fast_encoder, 1, hop), (fast_decoder, 16, 1)):
