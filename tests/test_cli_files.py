@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 import flexicodec_fast as ff
 from flexicodec_fast.cli import main
-from flexicodec_fast.codes_file import SUFFIX, load_codes, save_codes
+from flexicodec_fast.codes_file import SUFFIX, Codes, load_codes, save_codes
 from flexicodec_fast.resampling import resample
 
 
@@ -163,3 +163,39 @@ def test_decode_gives_the_inputs_rate_and_length(tmp_path, fixture_clips, model,
     assert main(args) == 0
     audio, rate = sf.read(raw / "c.wav", dtype="float32")
     assert rate == 16000 and torch.equal(torch.from_numpy(audio), decoded)
+
+
+def test_a_two_item_file_loads_and_its_padding_must_be_zero(encoded, tmp_path, model):
+    a, b = (load_codes(encoded / rel, model) for rel in (f"a.wav{SUFFIX}", f"sub/b.wav{SUFFIX}"))
+    groups = max(int(a.total_frames[0]), int(b.total_frames[0]))
+
+    def padded(t):
+        return torch.nn.functional.pad(t, (0, groups - t.shape[-1]))
+
+    metadata = dict(a.metadata)
+    for key in (
+        "thresholds",
+        "audio_lengths",
+        "sources",
+        "frames",
+        "source_sample_rates",
+        "source_lengths",
+    ):
+        metadata[key] = json.dumps(json.loads(a.metadata[key]) + json.loads(b.metadata[key]))
+    both = Codes(
+        *(
+            torch.cat([padded(getattr(a, key)), padded(getattr(b, key))])
+            for key in ("semantic_codes", "acoustic_codes", "token_lengths")
+        ),
+        torch.cat([a.total_frames, b.total_frames]),
+        metadata,
+    )
+    path = tmp_path / f"both{SUFFIX}"
+    save_codes(path, both)
+    assert torch.equal(load_codes(path, model).item(1).semantic_codes, b.semantic_codes)
+    shorter = int(torch.argmin(both.total_frames))
+    assert int(both.total_frames[shorter]) < groups  # so it has a padded tail
+    both.semantic_codes[shorter, 0, -1] = 1
+    save_codes(path, both)
+    with pytest.raises(ff.CodesFileError, match="semantic codes past total_frames must be 0"):
+        load_codes(path, model)

@@ -121,14 +121,17 @@ def test_decode_redoes_an_empty_wav(tmp_path, corpus, model_args, capsys):
     assert "0 written, 1 already done" in capsys.readouterr().out
 
 
-def test_the_same_input_twice_is_encoded_and_counted_once(tmp_path, corpus, model_args, capsys):
-    """Also: the progress bar counts seconds of audio, each file once."""
+def test_the_same_input_twice_is_encoded_and_counted_once(
+    tmp_path, corpus, fixture_clips, model_args, capsys
+):
+    """Also: the progress bar counts seconds of audio (1 + 1.5 here), each file once."""
+    sf.write(corpus / "sub" / "b.wav", fixture_clips["clipC"][:24000].numpy(), 16000)
     a = corpus / "a.wav"
     args = ["encode", str(a), str(corpus / "sub" / ".." / "a.wav"), str(corpus)]
     assert main([*args, "-o", str(tmp_path / "codes"), *model_args]) == 0
     captured = capsys.readouterr()
     assert "2 written, 0 already done" in captured.out
-    assert "2.0/2.0 s of audio" in captured.err
+    assert "2.5/2.5 s of audio" in captured.err
 
 
 def test_two_inputs_for_one_output_are_refused(tmp_path, corpus, model_args, capsys):
