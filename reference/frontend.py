@@ -181,9 +181,14 @@ class FrontEnd(nn.Module):
         self.register_buffer("cmvn_scale", scale, persistent=False)
 
     def fbank(
-        self, audio: torch.Tensor, num_frames: torch.Tensor, dither: float = 0.0
+        self,
+        audio: torch.Tensor,
+        num_frames: torch.Tensor,
+        dither: float = 0.0,
+        frames: int | None = None,
     ) -> torch.Tensor:
-        """Kaldi log-mel fbank `[B, F_max, 80]` of audio `[B, N]` (already validated).
+        """Kaldi log-mel fbank `[B, F, 80]` of audio `[B, N]` (already validated); F is
+        `frames` when given (a size known on the host), else `max(num_frames)`.
 
         Rows past an item's `num_frames[i]` read its padding and are garbage: callers mask.
 
@@ -191,7 +196,7 @@ class FrontEnd(nn.Module):
         `torch.randn(F_i, 400)` from the global CPU generator, times `dither`, added to the
         x32768-scaled frames before DC removal (then moved to the audio's device).
         """
-        f_max = int(num_frames.max())
+        f_max = int(num_frames.max()) if frames is None else frames
         frames = (audio * INT16_SCALE).unfold(1, WINDOW, SHIFT)[:, :f_max]
         if dither != 0.0:
             noise = torch.zeros(frames.shape, dtype=torch.float32)
@@ -226,16 +231,17 @@ class FrontEnd(nn.Module):
         return self.lfr_cmvn(self.fbank(audio, num_frames, dither), num_frames)
 
     def lfr_cmvn(
-        self, fbank: torch.Tensor, num_frames: torch.Tensor
+        self, fbank: torch.Tensor, num_frames: torch.Tensor, frames: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stack fbank `[B, F_max, 80]` into LFR frames and normalise: `[B, Tl_max, 560]`.
+        """Stack fbank `[B, F_max, 80]` into LFR frames and normalise: `[B, Tl, 560]`, Tl
+        `frames` when given (a size known on the host), else the longest item's.
 
         LFR frame t stacks fbank frames 6t-3 .. 6t+3, clamped to the item's own frames, so
         rows of `fbank` past an item's `num_frames` are never read.
         """
         feat_lens = torch.div(num_frames + LFR_N - 1, LFR_N, rounding_mode="floor")
         device = fbank.device
-        t_max = int(feat_lens.max())
+        t_max = int(feat_lens.max()) if frames is None else frames
         offsets = torch.arange(LFR_M, device=device) - (LFR_M - 1) // 2
         index = LFR_N * torch.arange(t_max, device=device)[:, None] + offsets
         index = torch.minimum(index.clamp_min(0)[None], (num_frames - 1)[:, None, None])

@@ -81,8 +81,11 @@ def segment(
     threshold: float,
     max_tokens_per_group: int | None = 8,
     lengths: torch.Tensor | None = None,
+    max_groups: int | None = None,
 ) -> Segmentation:
-    """Merge frames of `h` `[B, T, D]` into groups (spec §4). `lengths` `[B]` or None."""
+    """Merge frames of `h` `[B, T, D]` into groups (spec §4). `lengths` `[B]` or None.
+    `threshold`: a float, or per item `[B, 1]`. The group axis has `max_groups` columns
+    (at least the largest count, e.g. T; a size known on the host), else the largest count."""
     batch, frames, _ = h.shape
     device = h.device
     if lengths is None:
@@ -96,7 +99,8 @@ def segment(
         valid, starts.long().cumsum(dim=1) - 1, torch.full_like(lengths.view(-1, 1), -1)
     )
     num_groups = starts.long().sum(dim=1)
-    max_groups = int(num_groups.max()) if batch else 0
+    if max_groups is None:
+        max_groups = int(num_groups.max()) if batch else 0
     token_lengths = torch.zeros(batch, max_groups, dtype=torch.long, device=device)
     token_lengths.scatter_add_(1, group_ids.clamp(min=0), valid.long())
     return Segmentation(similarity, group_ids, token_lengths, num_groups, lengths)

@@ -49,10 +49,13 @@ def _mask_after(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x * valid.to(x.dtype)
 
 
-def resolve_num_quantizers(model: FlexiCodec, num_quantizers: int | None) -> int:
+def resolve_num_quantizers(
+    model: FlexiCodec, num_quantizers: int | None, stacklevel: int = 3
+) -> int:
     """The quantizer count an encode uses: `num_quantizers`, or all the model has (1 semantic
     + `n_codebooks` acoustic) when it is None or larger. The official code silently uses all
-    its codebooks when asked for more; we do the same and say so once."""
+    its codebooks when asked for more; we do the same and say so once (`stacklevel`: the
+    warning's, counted from this function, so that it names the user's call)."""
     available = model.max_num_quantizers
     if num_quantizers is None:
         return available
@@ -70,7 +73,7 @@ def resolve_num_quantizers(model: FlexiCodec, num_quantizers: int | None) -> int
             f"num_quantizers={num_quantizers} is more than this model has; using all "
             f"{available} (1 semantic + {model.config.n_codebooks} acoustic), as the official "
             "code does",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
         return available
     return num_quantizers
@@ -275,7 +278,7 @@ class FlexiCodec(nn.Module):
 
     def _check_encode_args(self, audio, audio_lens, num_quantizers, merging_threshold) -> int:
         """Validate the encode arguments; returns the quantizer count to use."""
-        num_quantizers = resolve_num_quantizers(self, num_quantizers)
+        num_quantizers = resolve_num_quantizers(self, num_quantizers, stacklevel=4)
         if (
             isinstance(merging_threshold, bool)
             or not isinstance(merging_threshold, (int, float))

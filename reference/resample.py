@@ -17,21 +17,23 @@ def downsampled_length(lengths: torch.Tensor, factor: float) -> torch.Tensor:
     """Output frames per item: `int(T_in / factor)` (float64 truncation), `[B]` int64."""
     if factor == int(factor):
         return torch.div(lengths, int(factor), rounding_mode="floor")
-    return torch.tensor(
-        [int(int(n) / factor) for n in lengths.tolist()], dtype=torch.long, device=lengths.device
-    )
+    # IEEE float64 division, then truncation: Python's `int(n / factor)`, on the device.
+    return (lengths.double() / factor).long()
 
 
 def linear_resample(
-    x: torch.Tensor, lengths: torch.Tensor, out_lengths: torch.Tensor
+    x: torch.Tensor, lengths: torch.Tensor, out_lengths: torch.Tensor, frames: int | None = None
 ) -> torch.Tensor:
     """Per-item linear interpolation, `align_corners=False`.
 
-    x: `[B, C, T_in]`; lengths / out_lengths: `[B]`. Returns `[B, C, max(out_lengths)]`,
-    zero past each item's output length. Matches PyTorch's CPU kernel: the float32 scale
-    `T_in / T_out`, source `max(0, (j + 0.5) * scale - 0.5)`, weights `1 - l` and `l`.
+    x: `[B, C, T_in]`; lengths / out_lengths: `[B]`. Returns `[B, C, frames]` (default
+    `max(out_lengths)`), zero past each item's output length. Matches PyTorch's CPU
+    kernel: the float32 scale `T_in / T_out`, source `max(0, (j + 0.5) * scale - 0.5)`,
+    weights `1 - l` and `l`.
     """
-    t_out = int(out_lengths.max()) if out_lengths.numel() else 0
+    if frames is None:
+        frames = int(out_lengths.max()) if out_lengths.numel() else 0
+    t_out = frames
     scale = (lengths.float() / out_lengths.clamp(min=1).float()).view(-1, 1)
     j = torch.arange(t_out, device=x.device, dtype=torch.float32).view(1, -1)
     src = ((j + 0.5) * scale - 0.5).clamp(min=0)
@@ -50,14 +52,17 @@ def linear_resample(
     return out * valid.unsqueeze(1).to(out.dtype)
 
 
-def downsample_semantic(x: torch.Tensor, lengths: torch.Tensor, factor: float):
-    """x: `[B, C, T_in]`, lengths `[B]` -> (`[B, C, T_out]`, out lengths `[B]`)."""
+def downsample_semantic(
+    x: torch.Tensor, lengths: torch.Tensor, factor: float, frames: int | None = None
+):
+    """x: `[B, C, T_in]`, lengths `[B]` -> (`[B, C, T_out]`, out lengths `[B]`); T_out is
+    `frames` when given (a size known on the host), else the longest output."""
     if factor == 1:
         return x, lengths
     out_lengths = downsampled_length(lengths, factor)
     if factor == int(factor):
         pooled = F.avg_pool1d(x, int(factor), int(factor))
-        t_out = int(out_lengths.max())
+        t_out = int(out_lengths.max()) if frames is None else frames
         valid = torch.arange(t_out, device=x.device).view(1, -1) < out_lengths.view(-1, 1)
         return pooled[..., :t_out] * valid.unsqueeze(1).to(x.dtype), out_lengths
-    return linear_resample(x, lengths, out_lengths), out_lengths
+    return linear_resample(x, lengths, out_lengths, frames), out_lengths
