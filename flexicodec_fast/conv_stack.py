@@ -134,10 +134,11 @@ class Workspace:
 
 
 class Masks:
-    """Per-resolution masks of positions past each item's end, or nothing to mask."""
+    """Per-resolution masks of positions past each item's end, or nothing to mask (lengths
+    None: the caller knows on the host that every item fills the input)."""
 
-    def __init__(self, lengths: torch.Tensor | None, full: int):
-        self.lengths = None if lengths is None or bool((lengths >= full).all()) else lengths
+    def __init__(self, lengths: torch.Tensor | None):
+        self.lengths = lengths
 
     def apply_(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         if lengths is not None:
@@ -290,7 +291,7 @@ class FastEncoder:
         )
 
     def _run(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        masks = Masks(lengths, x.shape[-1])
+        masks = Masks(lengths)
         lengths = masks.lengths
         x = masks.apply_(_enter(x, self.dtype, self.channels_last), lengths)
         x = masks.apply_(self.first(x), lengths)
@@ -349,7 +350,7 @@ class FastDecoder:
         return _run_chunked(self._run, z, lengths, 1, self.hop, out_length, self.context)
 
     def _run(self, z: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        masks = Masks(lengths, z.shape[-1])
+        masks = Masks(lengths)
         lengths = masks.lengths
         x = masks.apply_(_enter(z, self.dtype, self.channels_last), lengths)
         x = masks.apply_(self.first(x), lengths)

@@ -84,12 +84,12 @@ class FastTransformer:
     def __call__(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None, window: int | None = None
     ) -> torch.Tensor:
-        """x `[B, L, C_io]`; lengths `[B]` int64 (None: all L). Rows past a length are 0.
-        window: at most this many positions each side (approximate mode)."""
+        """x `[B, L, C_io]`; lengths `[B]` int64, or None when every item has all L rows
+        (the caller knows that on the host; finding out here would read the lengths: a
+        device sync). Rows past a length are 0. window: at most this many positions each
+        side (approximate mode)."""
         module = self.module
         attention_args = self._band(x.shape[1], window)
-        if lengths is not None and bool((lengths >= x.shape[1]).all()):
-            lengths = None
         # x is updated in place below: it must be a tensor of our own.
         x = x.clone() if module.input_proj is None else F.linear(x, module.input_proj.weight)
         for layer in module.transformer.layers:
@@ -140,9 +140,10 @@ class FastSenseVoice:
         return _by_rows(x, branch)
 
     def __call__(
-        self, feats: torch.Tensor, feat_lens: torch.Tensor, window: int | None = None
+        self, feats: torch.Tensor, feat_lens: torch.Tensor | None, window: int | None = None
     ) -> torch.Tensor:
-        """feats `[B, Tl, 560]`, feat_lens `[B]` -> `[B, Tl, 512]` (0 past each length).
+        """feats `[B, Tl, 560]`, feat_lens `[B]` (None: every item has all Tl rows, known on
+        the host) -> `[B, Tl, 512]` (0 past each length).
         window: attention reaches at most this many positions each side (approximate mode;
         the 4 prompt rows stay global: every row attends to them and they to every row)."""
         module = self.module
@@ -155,7 +156,7 @@ class FastSenseVoice:
         x = torch.cat([prompt, feats], dim=1) * cfg.output_size**0.5
         x.add_(sinusoidal_position_encoding(n_prompt + length, cfg.input_size, x.device))
         mask = None
-        if not bool((feat_lens >= length).all()):
+        if feat_lens is not None:
             positions = torch.arange(n_prompt + length, device=feats.device)
             mask = (positions[None, :] < (feat_lens + n_prompt)[:, None]).to(x.dtype)
         for block in (*module.encoder.encoders0, *module.encoder.encoders):

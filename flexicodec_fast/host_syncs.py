@@ -11,6 +11,7 @@ from __future__ import annotations
 import traceback
 from collections import Counter
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 SYNC_OPS = frozenset(
@@ -33,7 +34,9 @@ OUR_FOLDERS = ("/flexicodec_fast/", "/kernels/", "/reference/")
 
 
 class HostSyncCounter(TorchDispatchMode):
-    """Counts the aten ops in `SYNC_OPS` dispatched inside the `with` block.
+    """Counts the aten ops in `SYNC_OPS` dispatched inside the `with` block, and calls of
+    `Tensor.tolist` (which reads memory without dispatching an op, so a mode cannot see it;
+    on a GPU it copies to the host and waits).
 
     `counts`: op name -> calls; `sites`: where they came from (the innermost frame of this
     package's code), when `record_sites` is set.
@@ -45,6 +48,26 @@ class HostSyncCounter(TorchDispatchMode):
         self.sites: Counter[str] = Counter()
         self.record_sites = record_sites
 
+    def __enter__(self):
+        self._tolist = torch.Tensor.tolist
+        counter = self
+
+        def tolist(tensor):
+            counter._count("Tensor.tolist")
+            return counter._tolist(tensor)
+
+        torch.Tensor.tolist = tolist
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+    def _count(self, name: str) -> None:
+        self.counts[name] += 1
+        if self.record_sites:
+            self.sites[self._site()] += 1
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())
@@ -52,9 +75,7 @@ class HostSyncCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name
         if name in SYNC_OPS:
-            self.counts[name] += 1
-            if self.record_sites:
-                self.sites[self._site()] += 1
+            self._count(name)
         return func(*args, **(kwargs or {}))
 
     @staticmethod

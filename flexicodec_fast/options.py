@@ -116,15 +116,16 @@ class EncodeOptions:
     def windows(self) -> AttentionWindows | None:
         return attention_windows(self.attention_window)
 
-    def for_model(self, model) -> EncodeOptions:
+    def for_model(self, model, stacklevel: int = 2) -> EncodeOptions:
         """These options with `num_quantizers` resolved for `model` (an int it has), checked
-        against what the model can do."""
+        against what the model can do. `stacklevel`: of the too-many-quantizers warning,
+        counted from the caller of this method."""
         if model.fixed_window and self.target_frame_rate is not None:
             raise InputError(
                 "target_frame_rate: a fixed-window model (aggregator: fixed_window) has a "
                 f"fixed token rate (window {model.config.window}); leave it None"
             )
-        nq = resolve_num_quantizers(model, self.num_quantizers)
+        nq = resolve_num_quantizers(model, self.num_quantizers, stacklevel + 2)
         return self if nq == self.num_quantizers else replace(self, num_quantizers=nq)
 
     def settings(self) -> dict:

@@ -184,7 +184,10 @@ def test_plan_is_rebuilt_when_weights_change():
         (dict(audio=torch.zeros(4000)), "audio"),
         (dict(audio=torch.zeros(1, 4000, dtype=torch.int32)), "audio"),
         (dict(audio=torch.zeros(1, 4000), sample_rate=0), "sample_rate"),
-        (dict(audio=torch.zeros(1, 4000), num_quantizers=9), "num_quantizers"),
+        (dict(audio=torch.zeros(1, 4000), num_quantizers=0), "num_quantizers"),
+        (dict(audio=torch.zeros(1, 4000), merging_threshold=5.0), r"\[-1, 1\]"),
+        (dict(audio=torch.zeros(1, 3, 4000)), "mix_down"),
+        (dict(audio=torch.zeros(1, 4000, 2)), "channels-last"),
         (dict(audio=torch.zeros(1, 4000), backend="cuda"), "backend"),
         (dict(audio=torch.zeros(1, 4000), precision="fp8"), "precision"),
         (dict(audio=torch.zeros(1, 4000), target_frame_rate=20.0), "target_frame_rate"),
@@ -195,6 +198,18 @@ def test_bad_input(tiny, kwargs, match):
     kwargs = {"num_quantizers": 2, **kwargs}
     with pytest.raises(ff.InputError, match=match):
         fast_encode(model=tiny, **kwargs)
+
+
+def test_more_quantizers_than_the_model_has_uses_all_with_one_warning(tiny):
+    audio = _audio()
+    full = fast_encode(audio, tiny, num_quantizers=tiny.max_num_quantizers)
+    with pytest.warns(UserWarning, match="using all 5") as record:
+        more = fast_encode(audio, tiny, num_quantizers=9)
+    assert len(record) == 1 and record[0].filename == __file__
+    assert torch.equal(more["acoustic_codes"], full["acoustic_codes"])
+    assert torch.equal(
+        fast_encode(audio, tiny, num_quantizers=None)["acoustic_codes"], full["acoustic_codes"]
+    )
 
 
 def test_bad_model_and_codes(tiny):
