@@ -27,6 +27,7 @@ from .frontend import DEFAULT_CMVN_PATH, FrontEnd
 from .fsq import FSQWrapper
 from .merging import Segmentation, expand_groups, group_means, segment
 from .resample import downsample_semantic
+from .result import EncodeResult
 from .sensevoice import SenseVoiceEncoder
 from .transformer import ProjectedTransformer
 from .weight_norm import WNConv1d
@@ -207,8 +208,11 @@ class FlexiCodec(nn.Module):
         return self.config.n_codebooks + 1
 
     # ----------------------------------------------------------------------------- encode
+    # The stages of `encode`, in order: `frontend` (features), `semantic`, `acoustic`,
+    # `align`, `segment`, `aggregate`, `quantize`. `flexicodec_fast.fast` runs the same
+    # stages under the same names with fused kernels.
 
-    def semantic_features(
+    def semantic(
         self, feats: torch.Tensor, feat_lens: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """SenseVoice features resampled to the codec frame rate.
@@ -220,6 +224,23 @@ class FlexiCodec(nn.Module):
         feat_lens = feat_lens.to(device=feats.device, dtype=torch.long)
         hidden = self.semantic_model(feats, feat_lens).transpose(1, 2).contiguous()
         return downsample_semantic(hidden, feat_lens, self.config.semantic_downsample_factor)
+
+    def acoustic(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> torch.Tensor:
+        """DAC encoder: audio `[B, N]` -> acoustic latents `[B, 512, ceil(N / hop)]`."""
+        return self.dac.encode_audio(audio.unsqueeze(1), audio_lens)
+
+    def align(self, sem, sem_lens, ac, audio_lens):
+        """Both streams on the codec frames: (sem, ac `[B, 512, T]` zero past each item's
+        frames, frames `[B]`), T the longest item's."""
+        frames = torch.minimum(sem_lens, self.dac.num_frames(audio_lens).to(sem_lens.device))
+        t_max = int(frames.max())
+        return _mask_after(sem[..., :t_max], frames), _mask_after(ac[..., :t_max], frames), frames
+
+    def segment(self, sem: torch.Tensor, frames: torch.Tensor, threshold: float) -> Segmentation:
+        """Merging of sem `[B, 512, T]` at `threshold`, or the fixed windows."""
+        if self.fixed_window:
+            return self.window_segmentation(sem, frames, self.config.window)
+        return self.merge(sem, frames, float(threshold))
 
     def merge(self, sem: torch.Tensor, lengths: torch.Tensor, threshold: float) -> Segmentation:
         """Segment `sem` `[B, 512, T]` (channels-first, as the official similarity reads it)."""
@@ -271,6 +292,22 @@ class FlexiCodec(nn.Module):
         decoded = self.decompress(quantized, num_groups)
         return _mask_after(codes, num_groups), decoded
 
+    def quantize(self, sem_tokens, ac_tokens, num_groups, num_quantizers: int):
+        """Tokens `[B, 512, G]` x2 -> (semantic codes `[B, 1, G]` int32, acoustic codes
+        `[B, nq-1, G]` int64 or None, decoder latent `[B, latent, G]`): FSQ on the semantic
+        tokens, RVQ on the acoustic tokens minus the decoded semantic latent."""
+        semantic_codes, sem_decoded = self.quantize_semantic(sem_tokens, num_groups)
+        if num_quantizers == 1:
+            return semantic_codes, None, sem_decoded
+        residual = ac_tokens - sem_decoded
+        stages = num_quantizers - 1
+        if self.config.acoustic_quantizer == "semantic_rvq":
+            first = self.first_stage_codes(ac_tokens, num_groups)
+            quantized, codes, *_ = self.dac.quantizer(residual, first, stages)
+        else:
+            quantized, codes, *_ = self.dac.quantizer(residual, stages)
+        return semantic_codes, _mask_after(codes, num_groups), quantized + sem_decoded
+
     def first_stage_codes(self, ac_tokens: torch.Tensor, num_groups: torch.Tensor):
         """Stage-0 codes `[B, G]` at inference (`semantic_rvq`): SPD's predictions from the
         acoustic tokens `[B, latent, G]` (0 past `num_groups`)."""
@@ -302,7 +339,7 @@ class FlexiCodec(nn.Module):
         features: torch.Tensor | None = None,
         feature_lens: torch.Tensor | None = None,
         dither: float = 0.0,
-    ) -> dict:
+    ) -> EncodeResult:
         """Encode 16 kHz audio `[B, N]` (per-item `audio_lens` `[B]` or None).
 
         `features` `[B, Tl, 560]` (fbank after LFR and CMVN, per-item `feature_lens`) replace
@@ -311,7 +348,8 @@ class FlexiCodec(nn.Module):
         nq = 1), `token_lengths [B, G]` int64, `total_frames [B]` int64 (valid tokens per
         item); codes and lengths are 0 past an item's tokens. For inspection also
         `similarity` (alias `sim_matrix`) `[B, T-1]`, `semantic_features [B, 512, T]` (the
-        12.5 Hz SenseVoice features that drive merging) and `decoder_latent [B, latent, G]`.
+        12.5 Hz SenseVoice features that drive merging) and `decoder_latent [B, latent, G]`
+        (see `EncodeResult`).
         """
         num_quantizers = self._check_encode_args(
             audio, audio_lens, num_quantizers, merging_threshold
@@ -328,44 +366,26 @@ class FlexiCodec(nn.Module):
             raise InputError(
                 f"features: expected {batch} items like audio, got {describe(features)}"
             )
-        sem, sem_lens = self.semantic_features(features, feature_lens)
         if audio_lens is None:
             audio_lens = torch.full((batch,), audio.shape[1], dtype=torch.long)
         audio_lens = audio_lens.to(device=audio.device, dtype=torch.long)
-        ac = self.dac.encode_audio(audio.unsqueeze(1), audio_lens)
-        frames = torch.minimum(sem_lens, self.dac.num_frames(audio_lens).to(sem_lens.device))
-        t_max = int(frames.max())
-        sem = _mask_after(sem[..., :t_max], frames)
-        ac = _mask_after(ac[..., :t_max], frames)
-
-        if self.fixed_window:
-            seg = self.window_segmentation(sem, frames, self.config.window)
-        else:
-            seg = self.merge(sem, frames, float(merging_threshold))
+        sem, sem_lens = self.semantic(features, feature_lens)
+        ac = self.acoustic(audio, audio_lens)
+        sem, ac, frames = self.align(sem, sem_lens, ac, audio_lens)
+        seg = self.segment(sem, frames, merging_threshold)
         sem_tokens, ac_tokens = self.aggregate(sem, ac, seg)
-        semantic_codes, sem_decoded = self.quantize_semantic(sem_tokens, seg.num_groups)
-
-        acoustic_codes = None
-        latent = sem_decoded
-        if num_quantizers > 1:
-            residual = ac_tokens - sem_decoded
-            if self.config.acoustic_quantizer == "semantic_rvq":
-                first = self.first_stage_codes(ac_tokens, seg.num_groups)
-                quantized, codes, *_ = self.dac.quantizer(residual, first, num_quantizers - 1)
-            else:
-                quantized, codes, *_ = self.dac.quantizer(residual, num_quantizers - 1)
-            acoustic_codes = _mask_after(codes, seg.num_groups)
-            latent = quantized + sem_decoded
-        return {
-            "semantic_codes": semantic_codes,
-            "acoustic_codes": acoustic_codes,
-            "token_lengths": seg.token_lengths,
-            "total_frames": seg.num_groups,
-            "similarity": seg.similarity,
-            "sim_matrix": seg.similarity,
-            "semantic_features": sem,
-            "decoder_latent": _mask_after(latent, seg.num_groups),
-        }
+        semantic_codes, acoustic_codes, latent = self.quantize(
+            sem_tokens, ac_tokens, seg.num_groups, num_quantizers
+        )
+        return EncodeResult.build(
+            semantic_codes,
+            acoustic_codes,
+            seg.token_lengths,
+            seg.num_groups,
+            seg.similarity,
+            sem,
+            _mask_after(latent, seg.num_groups),
+        )
 
     # ----------------------------------------------------------------------------- decode
 
@@ -420,9 +440,39 @@ class FlexiCodec(nn.Module):
                 f"item, got per-item totals {token_lengths.sum(dim=1).tolist()}"
             )
 
+    # The stages of `decode`, in order: `dequantize`, `expand`, `decode_frames` (the same
+    # names as in `flexicodec_fast.fast`).
+
+    def dequantize(self, semantic_codes, acoustic_codes, num_groups):
+        """Codes -> token latents `[B, latent, G]`: (semantic, acoustic or None)."""
+        semantic = self.semantic_vq.from_codes(semantic_codes.long())
+        sem_decoded = self.decompress(semantic, num_groups)
+        if acoustic_codes is None:
+            return sem_decoded, None
+        return sem_decoded, self.dac.quantizer.from_codes(acoustic_codes.long())
+
+    def expand(self, sem, ac, token_lengths: torch.Tensor) -> torch.Tensor:
+        """Token latents `[B, latent, G]` (ac may be None) -> frames `[B, latent, T_max]`:
+        each stream repeated by token lengths and summed, or (fixed windows) their sum
+        through the window-query decoder, with the window read from `token_lengths`."""
+        if self.fixed_window:
+            latent = sem if ac is None else sem + ac
+            return self.expand_latent(latent, token_lengths)
+        z = expand_groups(sem.transpose(1, 2), token_lengths)
+        if ac is not None:
+            z = expand_groups(ac.transpose(1, 2), token_lengths) + z
+        return z.transpose(1, 2)
+
+    def decode_frames(self, z: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Frames `[B, latent, T]` -> audio `[B, 1, decoded_length(T)]`: the bottleneck
+        transformer and the DAC decoder."""
+        if self.bottleneck_transformer is not None:
+            z = self.bottleneck_transformer(z, frames)
+        return self.dac.decode_latent(z, frames)
+
     def decode_latent(self, latent: torch.Tensor, token_lengths: torch.Tensor) -> torch.Tensor:
         """Token-rate latent `[B, latent, G]` -> audio `[B, 1, decoded_length(T_max)]`."""
-        return self._decode_frames(
+        return self.decode_frames(
             self.expand_latent(latent, token_lengths), token_lengths.sum(dim=1)
         )
 
@@ -437,11 +487,6 @@ class FlexiCodec(nn.Module):
         t_max = int(frames.max())
         groups = -(-t_max // window)
         return self.window_decoder(latent[..., :groups], t_max, window, frames)
-
-    def _decode_frames(self, z: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        if self.bottleneck_transformer is not None:
-            z = self.bottleneck_transformer(z, frames)
-        return self.dac.decode_latent(z, frames)
 
     def decode(
         self,
@@ -460,17 +505,6 @@ class FlexiCodec(nn.Module):
             variants.window_of(token_lengths)  # refuse other layouts before any work
         groups = torch.arange(token_lengths.shape[1], device=token_lengths.device)
         num_groups = torch.where(token_lengths > 0, groups + 1, 0).amax(dim=1)
-        semantic = self.semantic_vq.from_codes(semantic_codes.long())
-        sem_decoded = self.decompress(semantic, num_groups)
-        if self.fixed_window:
-            latent = sem_decoded
-            if acoustic_codes is not None:
-                latent = latent + self.dac.quantizer.from_codes(acoustic_codes.long())
-            return self.decode_latent(latent, token_lengths)
-        sem_expanded = expand_groups(sem_decoded.transpose(1, 2), token_lengths)
-        if acoustic_codes is None:
-            z = sem_expanded
-        else:
-            ac = self.dac.quantizer.from_codes(acoustic_codes.long())
-            z = expand_groups(ac.transpose(1, 2), token_lengths) + sem_expanded
-        return self._decode_frames(z.transpose(1, 2), token_lengths.sum(dim=1))
+        sem, ac = self.dequantize(semantic_codes, acoustic_codes, num_groups)
+        z = self.expand(sem, ac, token_lengths)
+        return self.decode_frames(z, token_lengths.sum(dim=1))

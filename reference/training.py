@@ -223,7 +223,7 @@ def training_step_outputs(
     with torch.autocast(audio.device.type, enabled=False):
         features, feature_lens = model.frontend(audio, None, cfg.dither)
         with torch.no_grad():
-            sem, _ = model.semantic_features(features, feature_lens)
+            sem, _ = model.semantic(features, feature_lens)
     # fp32 even under autocast: the aggregators write fp32 queries into a sequence of this
     # dtype.
     ac = model.dac.encode_audio(audio.unsqueeze(1)).float()

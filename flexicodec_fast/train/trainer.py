@@ -295,7 +295,7 @@ def set_semantic_vocab(codec: FlexiCodec, cfg: TrainConfig, dataset, hop: int, d
                 audio = collate([dataset[item] for item in items]).to(device)
                 with torch.no_grad():
                     feats, feat_lens = codec.frontend(audio, None, 0.0)
-                    sem, lens = codec.semantic_features(feats, feat_lens)
+                    sem, lens = codec.semantic(feats, feat_lens)
                 valid = torch.arange(sem.shape[-1], device=device) < lens.view(-1, 1)
                 rows.append(sem.transpose(1, 2)[valid].cpu())
                 taken += 1
