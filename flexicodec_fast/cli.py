@@ -38,9 +38,9 @@ BUILTIN_DESCRIPTION = (
     "see docs/builtin_model.md for its quality)"
 )
 EPILOG = (
-    "Without --checkpoint/--config every command uses the built-in model bundled with the "
-    "package (small, trained on synthetic speech; offline). `flexicodec-fast COMMAND --help` "
-    "lists a command's options and their defaults."
+    "Without --checkpoint/--config, demo, encode, decode and eval use the built-in model "
+    "bundled with the package (small, trained on synthetic speech; offline). "
+    "`flexicodec-fast COMMAND --help` lists a command's options and their defaults."
 )
 
 
@@ -393,7 +393,11 @@ def _run(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="flexicodec-fast", description=__doc__.split("\n\n")[0], epilog=EPILOG)
+    parser = _Parser(
+        prog="flexicodec-fast",
+        description="FlexiCodec, fast: speech to dynamic-frame-rate tokens and back.",
+        epilog=EPILOG,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an unexpected error"
@@ -412,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[debug],
         help="encode and decode one clip and print what happened (default: the bundled clip)",
         description="Encode and decode one clip, print frames, tokens, frame rate and timings, "
-        "and write OUT/decoded.wav (16 kHz). " + EPILOG.split(". `")[0] + ".",
+        "and write OUT/decoded.wav (16 kHz). Without --checkpoint/--config: the built-in "
+        "model, or a random tiny one (said so) if it is missing.",
     )
     demo.add_argument("--audio", type=Path, default=DEMO_CLIP, help="audio file (any rate)")
     demo.add_argument("--out", type=Path, default=Path("out"), help="output folder")

@@ -295,6 +295,6 @@ def test_top_level_help_and_version(capsys):
     text = " ".join(build_parser().format_help().split())
     for command in ("demo", "encode", "decode", "info"):
         assert re.search(rf"{command} +\w+", text), command
-    assert "Without --checkpoint/--config every command uses the built-in model" in text
+    assert "Without --checkpoint/--config, demo, encode, decode and eval use the built-in" in text
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"flexicodec-fast {__version__}\n"
