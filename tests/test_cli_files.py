@@ -80,8 +80,9 @@ def test_info_checks_group_lengths_against_the_recorded_limit(codes_copy, model,
     assert "at most 8 are possible" in capsys.readouterr().err
 
 
-def test_a_file_without_checksum_loads_with_a_note(codes_copy, model, capsys):
-    """What older versions wrote: no checksum and none of the newer metadata."""
+def test_a_file_without_checksum_loads_with_a_note(codes_copy, model, model_args, capsys):
+    """What older versions wrote: no checksum and none of the newer metadata. It decodes to
+    16 kHz audio of the recorded 16 kHz input length."""
     codes = load_codes(codes_copy, model)
     old = {
         key: codes.metadata[key]
@@ -112,6 +113,10 @@ def test_a_file_without_checksum_loads_with_a_note(codes_copy, model, capsys):
     out, err = capsys.readouterr()
     assert json.loads(out)["tokens"] == codes.total_frames.tolist()
     assert err.startswith("warning: codes file") and "no checksum" in err
+    wavs = codes_copy.parent / "wav"
+    assert main(["decode", str(codes_copy), "-o", str(wavs), "--quiet", *model_args]) == 0
+    info = sf.info(str(wavs / "a.wav"))
+    assert (info.samplerate, info.frames) == (16000, json.loads(old["audio_lengths"])[0])
 
 
 def test_info_accepts_folders(encoded, capsys):
