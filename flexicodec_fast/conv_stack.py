@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -246,6 +247,26 @@ class FastResidualUnit:
         return x.add_(masks.apply_(self.conv2(y, out=work.like(y)), lengths))
 
 
+class EncoderLevel(NamedTuple):
+    """One DAC encoder block, fields in the order it computes: residual units, Snake, the
+    strided convolution down by `stride`."""
+
+    units: list[FastResidualUnit]
+    alpha: torch.Tensor
+    down: Conv
+    stride: int
+
+
+class DecoderLevel(NamedTuple):
+    """One DAC decoder block, fields in the order it computes: Snake, the transposed
+    convolution up (its `block` gives the output length), residual units."""
+
+    alpha: torch.Tensor
+    up: Conv
+    block: DecoderBlock
+    units: list[FastResidualUnit]
+
+
 class FastEncoder:
     """`[B, 1, N]` -> `[B, latent, N / hop]`, the reference `Encoder` with folded weights
     (cast to `dtype`, e.g. bf16, when given: the stack then computes in that dtype).
@@ -266,7 +287,7 @@ class FastEncoder:
             assert isinstance(block, EncoderBlock)
             *units, block_snake, down = block.block
             self.blocks.append(
-                (
+                EncoderLevel(
                     [FastResidualUnit(u, dtype, channels_last) for u in units],
                     _alpha(block_snake, dtype),
                     Conv.fold(down, dtype, channels_last),
@@ -275,12 +296,12 @@ class FastEncoder:
             )
         self.last_alpha = _alpha(last_snake, dtype)
         self.last = Conv.fold(last_conv, dtype, channels_last)
-        self.hop = math.prod(stride for *_, stride in self.blocks)
+        self.hop = math.prod(level.stride for level in self.blocks)
         convs, resolution = [(self.first, 1)], 1
-        for units, _, down, stride in self.blocks:
-            convs += [(c, resolution) for u in units for c in (u.conv1, u.conv2)]
-            convs.append((down, resolution))
-            resolution *= stride
+        for level in self.blocks:
+            convs += [(c, resolution) for u in level.units for c in (u.conv1, u.conv2)]
+            convs.append((level.down, resolution))
+            resolution *= level.stride
         convs.append((self.last, resolution))
         self.context = _receptive_frames(convs, self.hop)
 
@@ -299,14 +320,14 @@ class FastEncoder:
             # From a one-channel input oneDNN returns the usual layout; the units update
             # their input in place only when it is in their own (channels-last) layout.
             x = x.contiguous(memory_format=torch.channels_last)
-        for units, alpha, down, stride in self.blocks:
+        for level in self.blocks:
             # One workspace per resolution: the buffers of finished levels are freed.
             work = Workspace()
-            for unit in units:
+            for unit in level.units:
                 x = unit(x, lengths, masks, work)
-            x = _snake_(x, alpha, work)
-            lengths = None if lengths is None else lengths // stride
-            x = masks.apply_(down(x), lengths)
+            x = _snake_(x, level.alpha, work)
+            lengths = None if lengths is None else lengths // level.stride
+            x = masks.apply_(level.down(x), lengths)
         x = _snake_(x, self.last_alpha, Workspace())
         return _leave(masks.apply_(self.last(x), lengths))
 
@@ -325,21 +346,21 @@ class FastDecoder:
             assert isinstance(block, DecoderBlock)
             block_snake, up, *units = block.block
             self.blocks.append(
-                (
+                DecoderLevel(
                     _alpha(block_snake, dtype),
                     Conv.fold(up, dtype, channels_last),
-                    [FastResidualUnit(u, dtype, channels_last) for u in units],
                     block,
+                    [FastResidualUnit(u, dtype, channels_last) for u in units],
                 )
             )
         self.last_alpha = _alpha(last_snake, dtype)
         self.last = Conv.fold(last_conv, dtype, channels_last)
-        self.hop = math.prod(block.stride for *_, block in self.blocks)
+        self.hop = math.prod(level.block.stride for level in self.blocks)
         convs, resolution = [(self.first, 1.0)], 1.0
-        for _, up, units, block in self.blocks:
-            convs.append((up, resolution))
-            resolution /= block.stride
-            convs += [(c, resolution) for u in units for c in (u.conv1, u.conv2)]
+        for level in self.blocks:
+            convs.append((level.up, resolution))
+            resolution /= level.block.stride
+            convs += [(c, resolution) for u in level.units for c in (u.conv1, u.conv2)]
         convs.append((self.last, resolution))
         self.context = _receptive_frames(convs, 1.0)
         self.output_length = decoder.output_length
@@ -355,13 +376,13 @@ class FastDecoder:
         x = masks.apply_(_enter(z, self.dtype, self.channels_last), lengths)
         x = masks.apply_(self.first(x), lengths)
         work = Workspace()
-        for alpha, up, units, block in self.blocks:
-            x = _snake_(x, alpha, work)
-            lengths = None if lengths is None else block.output_length(lengths)
-            x = masks.apply_(up(x), lengths)
+        for level in self.blocks:
+            x = _snake_(x, level.alpha, work)
+            lengths = None if lengths is None else level.block.output_length(lengths)
+            x = masks.apply_(level.up(x), lengths)
             # One workspace per resolution: the buffers of finished levels are freed.
             work = Workspace()
-            for unit in units:
+            for unit in level.units:
                 x = unit(x, lengths, masks, work)
         x = masks.apply_(self.last(_snake_(x, self.last_alpha, work)), lengths)
         return _leave(x.tanh_())

@@ -410,7 +410,7 @@ class Engine:
 
         def run(sem, ac, lengths):
             return decode_stages(
-                self.fast, sem, ac, lengths, t_max, False, self.options.windows, window
+                self.fast, sem, ac, lengths, t_max, False, self.options.bands, window
             )
 
         def fill(sem, ac, lengths):

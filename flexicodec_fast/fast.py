@@ -60,9 +60,9 @@ from .kernels._triton import select_backend
 from .model_input import resolve_model
 from .options import (
     PRECISIONS,
-    AttentionWindows,
+    AttentionBands,
     EncodeOptions,
-    attention_windows,
+    attention_bands,
     check_backend_precision,
 )
 from .reference import variants
@@ -78,12 +78,12 @@ from .resampling import resample, resampled_length
 
 __all__ = [
     "PRECISIONS",
-    "AttentionWindows",
+    "AttentionBands",
     "EncodeOptions",
     "EncodeResult",
     "FastCodec",
     "Sizes",
-    "attention_windows",
+    "attention_bands",
     "fast_decode",
     "fast_encode",
 ]
@@ -192,9 +192,9 @@ class FastCodec:
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
-    def aggregate(self, stream: Stream, frames, means, seg: Segmentation, window=None, full=False):
+    def aggregate(self, stream: Stream, frames, means, seg: Segmentation, band=None, full=False):
         """Group tokens `[B, G, C]` of one stream from its frames `[B, T, C]` and group means
-        `[B, G, C]` (G: the columns the caller keeps); `window`: the approximate mode's
+        `[B, G, C]` (G: the columns the caller keeps); `band`: the approximate mode's
         positions each side (None: the model's own attention); `full`: every item fills all
         T frames and G tokens (known on the host), so attention needs no masks."""
         if self.aggregators is None:
@@ -211,7 +211,7 @@ class FastCodec:
         )
         with self.heavy():
             lengths = None if full else seg.frame_lengths + seg.num_groups
-            out = transformer(sequence, lengths, window).float()
+            out = transformer(sequence, lengths, band).float()
         return kinterleave.retrieve(out, seg.group_ids, seg.num_groups, backend=self.backend)
 
     def quantize_semantic(self, tokens: torch.Tensor, num_groups: torch.Tensor):
@@ -260,12 +260,12 @@ class FastCodec:
             )
         return model.decompress(quantized.transpose(1, 2), num_groups)
 
-    def expand_windows(self, tokens, frames, t_max: int, window: int, attention_window=None):
+    def expand_windows(self, tokens, frames, t_max: int, token_window: int, band=None):
         """The window-query decoder: token latents `[B, G, C]` -> frames `[B, t_max, C]`
         (0 past an item's `frames` `[B]`); `w` mask tokens before each token, the
-        transformer, the mask rows. `attention_window`: positions each side (None: exact)."""
+        transformer, the mask rows. `band`: attention positions each side (None: exact)."""
         transformer, mask_token, embedding = self.window_decoder
-        group_ids, num_groups, groups = window_query.window_segments(frames, t_max, window)
+        group_ids, num_groups, groups = window_query.window_segments(frames, t_max, token_window)
         tokens = tokens[:, :groups].contiguous()
         masks = mask_token.to(tokens.dtype).expand(tokens.shape[0], t_max, -1)
         sequence = kinterleave.interleave(
@@ -278,7 +278,7 @@ class FastCodec:
             backend=self.backend,
         )
         with self.heavy():
-            out = transformer(sequence, frames + num_groups, attention_window).float()
+            out = transformer(sequence, frames + num_groups, band).float()
         return window_query.gather_frames(out, group_ids)
 
 
@@ -378,13 +378,13 @@ def features(fast: FastCodec, audio, lens, sizes: Sizes, dither: float):
     return frontend.lfr_cmvn(fbank, num_frames, frames=sizes.feature_max)
 
 
-def semantic(fast: FastCodec, feats, feat_lens, sizes: Sizes, windows):
+def semantic(fast: FastCodec, feats, feat_lens, sizes: Sizes, bands):
     """SenseVoice at 12.5 Hz: features -> (`[B, 512, T_sem]`, lengths `[B]`)."""
     with fast.heavy():
         hidden = fast.sensevoice(
             feats,
             None if sizes.features_full else feat_lens,
-            None if windows is None else windows.sensevoice,
+            None if bands is None else bands.sensevoice,
         ).float()
     return downsample_semantic(
         hidden.transpose(1, 2).contiguous(),
@@ -520,9 +520,9 @@ def encode_stages(
     tensor) and `options` resolved for the model. `static`: keep `G = T` token columns
     (every shape from `sizes`, no host reads: the engine); else trim to the batch's largest
     token count, read once on the host (`fast_encode`)."""
-    windows = options.windows
+    bands = options.bands
     feats, feat_lens = features(fast, audio, lens, sizes, options.dither)
-    sem, sem_lens = semantic(fast, feats, feat_lens, sizes, windows)
+    sem, sem_lens = semantic(fast, feats, feat_lens, sizes, bands)
     ac = acoustic(fast, audio, lens, sizes)
     sem, ac, frames = align(fast, sem, sem_lens, ac, lens, sizes)
     # Channels-last views of channels-first tensors: the similarity reduction then runs in
@@ -539,9 +539,9 @@ def encode_stages(
         groups = max(counts)
         # Every item fills the interleaved frames + tokens: no attention masks needed.
         full = sizes.frames_full and len(set(counts)) == 1
-    window = None if windows is None else windows.aggregator
+    band = None if bands is None else bands.aggregator
     sem_tokens, ac_tokens = (
-        fast.aggregate(stream, x, m[:, :groups], seg, window, full)
+        fast.aggregate(stream, x, m[:, :groups], seg, band, full)
         for stream, x, m in zip(Stream, (sem_t, ac_t), means, strict=True)
     )
     semantic_codes, acoustic_codes, latent = quantize(
@@ -695,24 +695,24 @@ def dequantize(fast: FastCodec, semantic_codes, acoustic_codes, num_groups):
     return sem, krvq.rvq_decode(acoustic_codes, r.cb, r.out_w, r.out_b, backend=fast.backend)
 
 
-def expand(fast: FastCodec, sem, ac, token_lengths, frames, t_max: int, token_window, windows):
+def expand(fast: FastCodec, sem, ac, token_lengths, frames, t_max: int, token_window, bands):
     """Token latents -> frames `[B, t_max, latent]`, zero past each item's `frames`: repeated
     by token lengths, or (fixed windows of `token_window` frames) the window decoder."""
     if token_window is None:
         return kunmerge.unmerge(sem.contiguous(), ac, token_lengths, t_max, backend=fast.backend)
     tokens = sem if ac is None else sem + ac
-    window = None if windows is None else windows.aggregator
-    return fast.expand_windows(tokens, frames, t_max, token_window, window)
+    band = None if bands is None else bands.aggregator
+    return fast.expand_windows(tokens, frames, t_max, token_window, band)
 
 
-def decode_frames(fast: FastCodec, z, frames, frames_full: bool, windows):
+def decode_frames(fast: FastCodec, z, frames, frames_full: bool, bands):
     """Frames `[B, T, latent]` -> audio `[B, 1, decoded_length(T)]`: the bottleneck
     transformer and the DAC decoder. `frames_full`: every item has all T frames."""
     lengths = None if frames_full else frames
     if fast.bottleneck is not None:
         with fast.heavy():
-            window = None if windows is None else windows.bottleneck
-            z = fast.bottleneck(z, lengths, window).float()
+            band = None if bands is None else bands.bottleneck
+            z = fast.bottleneck(z, lengths, band).float()
     return fast.decoder(z.transpose(1, 2).float(), lengths).float()
 
 
@@ -723,7 +723,7 @@ def decode_stages(
     token_lengths,
     t_max,
     frames_full,
-    windows,
+    bands,
     token_window,
 ):
     """The decode pipeline on validated codes on the model's device; `t_max` (frames) and
@@ -732,8 +732,8 @@ def decode_stages(
     num_groups = torch.where(token_lengths > 0, groups + 1, 0).amax(dim=1)
     frames = token_lengths.sum(dim=1)
     sem, ac = dequantize(fast, semantic_codes, acoustic_codes, num_groups)
-    z = expand(fast, sem, ac, token_lengths, frames, t_max, token_window, windows)
-    return decode_frames(fast, z, frames, frames_full, windows)
+    z = expand(fast, sem, ac, token_lengths, frames, t_max, token_window, bands)
+    return decode_frames(fast, z, frames, frames_full, bands)
 
 
 def fast_decode(
@@ -759,7 +759,7 @@ def fast_decode(
     """
     model = resolve_model(model)
     check_backend_precision(backend, precision)
-    windows = attention_windows(attention_window)
+    bands = attention_bands(attention_window)
     lengths_out = _output_lengths(output_length, sample_rate, semantic_codes)
     model._check_codes(semantic_codes, acoustic_codes, token_lengths)
     device = next(model.parameters()).device
@@ -778,7 +778,7 @@ def fast_decode(
             token_lengths,
             max(frames),
             len(set(frames)) == 1,
-            windows,
+            bands,
             token_window,
         )
         if lengths_out is not None:

@@ -21,8 +21,9 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)
-class AttentionWindows:
-    """Positions each side that each attention reaches in the approximate mode: SenseVoice
+class AttentionBands:
+    """The approximate mode's attention bands (not the fixed-window models' token windows):
+    positions each side that each attention reaches: SenseVoice
     runs at 1000/60 rows a second, the aggregators' interleaved frames + queries at most 25,
     the bottleneck transformer at 12.5."""
 
@@ -31,8 +32,8 @@ class AttentionWindows:
     bottleneck: int
 
 
-def attention_windows(seconds) -> AttentionWindows | None:
-    """`attention_window` seconds -> per-attention windows (None: exact attention)."""
+def attention_bands(seconds) -> AttentionBands | None:
+    """`attention_window` seconds -> per-attention bands (None: exact attention)."""
     if seconds is None:
         return None
     if (
@@ -45,7 +46,7 @@ def attention_windows(seconds) -> AttentionWindows | None:
             f"attention_window: expected a positive number of seconds or None, "
             f"got {describe(seconds)}"
         )
-    return AttentionWindows(
+    return AttentionBands(
         math.ceil(seconds * 1000 / 60), math.ceil(seconds * 25), math.ceil(seconds * 12.5)
     )
 
@@ -106,15 +107,15 @@ class EncodeOptions:
                 f"target_frame_rate: expected a number in (0, 12.5] Hz, got {describe(rate)}"
             )
         check_backend_precision(self.backend, self.precision)
-        attention_windows(self.attention_window)
+        attention_bands(self.attention_window)
         if not _is_number(self.dither) or not math.isfinite(self.dither) or self.dither < 0:
             raise InputError(f"dither: expected a number >= 0, got {describe(self.dither)}")
         if not isinstance(self.mix_down, bool):
             raise InputError(f"mix_down: expected True or False, got {describe(self.mix_down)}")
 
     @property
-    def windows(self) -> AttentionWindows | None:
-        return attention_windows(self.attention_window)
+    def bands(self) -> AttentionBands | None:
+        return attention_bands(self.attention_window)
 
     def for_model(self, model, stacklevel: int = 2) -> EncodeOptions:
         """These options with `num_quantizers` resolved for `model` (an int it has), checked

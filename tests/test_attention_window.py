@@ -12,7 +12,7 @@ from einops import rearrange
 from responsive import responsive
 from signals import noise_batch
 
-from flexicodec_fast.fast import attention_windows, fast_decode, fast_encode
+from flexicodec_fast.fast import attention_bands, fast_decode, fast_encode
 from flexicodec_fast.fast_modules import (
     BANDED_QUERY_CHUNK,
     FastSenseVoice,
@@ -170,7 +170,7 @@ def test_fixed_window_model_in_the_approximate_mode_is_the_banded_reference(monk
         assert torch.equal(wide[key], exact[key]), key
 
     seconds = 0.2
-    windows = attention_windows(seconds)
+    windows = attention_bands(seconds)
     narrow = fast_encode(audio, model, num_quantizers=4, audio_lens=lens, attention_window=seconds)
     codes = (narrow["semantic_codes"], narrow["acoustic_codes"], narrow["token_lengths"])
     wav = fast_decode(model, *codes, attention_window=seconds)
@@ -193,9 +193,9 @@ def test_fixed_window_model_in_the_approximate_mode_is_the_banded_reference(monk
 
 
 def test_window_sizes_and_errors():
-    w = attention_windows(2.0)
+    w = attention_bands(2.0)
     assert (w.sensevoice, w.aggregator, w.bottleneck) == (34, 50, 25)
-    assert attention_windows(None) is None
+    assert attention_bands(None) is None
     model = random_tiny_model(seed=0)
     audio, _ = noise_batch(1, [8000], 0.3)
     for bad in (0, -1.0, float("nan"), float("inf"), True, "5"):
