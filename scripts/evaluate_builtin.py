@@ -30,7 +30,8 @@ inventory; and, at thresholds 1.0 / 0.95 / 0.91 / 0.85 with all quantizers, the 
 rate, STOI and extended STOI (ESTOI, Jensen and Taal 2016) of each speaker's decoded clips
 joined end to end (pystoi ignores clips shorter than its 384 ms analysis segments, and the
 prompts and letters are often about one second), the log-mel L1 distance and the PER of the
-decoded audio. `--human-per-speaker N` keeps each speaker's first N recordings (by path).
+decoded audio. `--human-per-speaker N` decodes only each speaker's first N recordings (by
+path); the recogniser's table on the originals always covers all of them.
 `--corpus` or `--human` or both.
 """
 
@@ -129,14 +130,13 @@ def _mean(values: list[float]) -> float:
 THRESHOLDS = (1.0, 0.95, 0.91, 0.85)
 
 
-def _human_rows(root: Path, split: str, per_speaker: int) -> dict[str, list[dict]]:
-    """The transcribed recordings of `split`, grouped by speaker, each speaker's first
-    `per_speaker` by path (0: all)."""
+def _human_rows(root: Path, split: str) -> dict[str, list[dict]]:
+    """The transcribed recordings of `split`, grouped by speaker, sorted by path."""
     rows = [json.loads(line) for line in (root / f"{split}.jsonl").read_text().splitlines()]
     grouped: dict[str, list[dict]] = {}
     for row in sorted(rows, key=lambda r: r["path"]):
         grouped.setdefault(row["speaker"], []).append(row)
-    return {k: v[:per_speaker] if per_speaker else v for k, v in sorted(grouped.items())}
+    return dict(sorted(grouped.items()))
 
 
 def _joined_stoi(originals: list[torch.Tensor], decoded: list[torch.Tensor], extended: bool):
@@ -153,7 +153,7 @@ def _joined_stoi(originals: list[torch.Tensor], decoded: list[torch.Tensor], ext
 
 def _evaluate_human(model, recognizer, mel, root: Path, split: str, per_speaker: int) -> list[str]:
     """The markdown lines of the human-speech section (see the module docstring)."""
-    groups = _human_rows(root, split, per_speaker)
+    groups = _human_rows(root, split)
     inventory = set(recognizer.phonemes)
     max_nq = model.max_num_quantizers
     by_lang: dict[str, dict[str, list]] = {}
@@ -167,6 +167,13 @@ def _evaluate_human(model, recognizer, mel, root: Path, split: str, per_speaker:
             lang["refs"].append(ref)
             lang["hyps"].append(hyp)
             lang["seconds"] += row["seconds"]
+        if per_speaker:
+            rows, refs, heard, audio = (
+                rows[:per_speaker],
+                refs[:per_speaker],
+                heard[:per_speaker],
+                audio[:per_speaker],
+            )
         minutes = sum(r["seconds"] for r in rows) / 60
         langs = ", ".join(sorted({r["lang"] for r in rows}))
         for threshold in THRESHOLDS:
@@ -194,10 +201,9 @@ def _evaluate_human(model, recognizer, mel, root: Path, split: str, per_speaker:
             print(speaker_lines[-1], flush=True)
     lines = [
         "",
-        f"Human recordings ({root.name}, split `{split}`"
-        + (f", first {per_speaker} per speaker" if per_speaker else "")
-        + f"): {sum(len(v) for v in groups.values())} transcribed clips of {len(groups)} "
-        "speakers. The recogniser on the originals, per language (in inventory: the share of "
+        f"Human recordings ({root.name}, split `{split}`): "
+        f"{sum(len(v) for v in groups.values())} transcribed clips of {len(groups)} "
+        "speakers. The recogniser on all of them, per language (in inventory: the share of "
         "reference phonemes the recogniser has a label for):",
         "",
         "| language | clips | minutes | PER original | in inventory |",
@@ -212,7 +218,9 @@ def _evaluate_human(model, recognizer, mel, root: Path, split: str, per_speaker:
         )
     lines += [
         "",
-        "Average frame rate over all these clips (mean of per-clip rates, Hz): "
+        "Decoded: "
+        + (f"each speaker's first {per_speaker} clips (by path). " if per_speaker else "")
+        + "Average frame rate over the decoded clips (mean of per-clip rates, Hz): "
         + ", ".join(f"{t}: {_mean(r):.2f}" for t, r in rate_by_threshold.items())
         + ".",
         "",
