@@ -38,13 +38,16 @@ RELATIVE = {
     # design §4: reductions and attention.
     ("torch", "fp32", "reduction"): 1e-5,
     ("triton", "fp32", "reduction"): 1e-5,
+    # SenseVoice's output against the official fixture (see ELEMENTWISE's entry).
+    ("reference", "fp32", "semantic_features"): 1e-6,
     # Dequantised vectors (gathered codebook rows, one projection per stage): no long
     # reduction, measured ten times tighter than a reduction's bound.
     ("torch", "fp32", "dequantized"): 1e-6,
     ("triton", "fp32", "dequantized"): 1e-6,
     ("reference", "fp32", "dequantized"): 1e-6,
-    # The official audio on the fixtures (test_conformance): the official audio itself moves
-    # by ~1e-6 between CPUs, so 1e-5 is ten times the platform noise.
+    # The reference's audio against the official fixtures (test_conformance): on this machine
+    # bit-exact; the official audio itself moves by 1.5e-7 between thread counts (fixture
+    # README), so 1e-5 leaves room for other CPUs.
     ("reference", "fp32", "audio"): 1e-5,
 }
 
@@ -59,17 +62,25 @@ ELEMENTWISE = {
     # The straight-through estimator's gradient against the same chain rule written out: one
     # fp32 add (u + (c - u).detach()) apart.
     ("reference", "fp32", "straight_through"): (1e-6, 1e-7),
-    # Audio and features after stacks of convolutions and transformer layers (values O(1),
-    # each layer adds a reduction's error): atol 1e-5 is the official audio's contract in
-    # test_conformance.
+    # Audio, latents and features of the fast path after stacks of convolutions and
+    # transformer layers (values O(1), each layer adds a reduction's error): atol 1e-5 as the
+    # reference's audio against the official fixtures.
     ("torch", "fp32", "audio"): (1e-5, 1e-5),
     ("triton", "fp32", "audio"): (1e-5, 1e-5),
-    ("reference", "fp32", "audio"): (1e-5, 1e-5),
+    ("reference", "fp32", "audio"): (0.0, 1e-5),
     ("torch", "fp32", "latent"): (1e-5, 1e-5),
     ("torch", "fp32", "features"): (1e-5, 1e-5),
     # Snake's gradient w.r.t. x: sin(2 alpha x) in another order than autograd's.
     ("torch", "fp32", "gradient"): (1e-5, 1e-5),
     ("triton", "fp32", "gradient"): (1e-5, 1e-5),
+    # SenseVoice's output (values up to 7.8) against the official fixture: measured max abs
+    # 1.9e-6, relative L2 1.5e-7; the official output itself is 2e-6 away from a float64 run
+    # of the same weights, so both are at fp32 rounding level (different BLAS builds). The
+    # bounds leave 10x headroom for other CPUs. With LayerNorm eps 1e-12 (espnet's default)
+    # the error is 3e-5 / 3.5e-6 instead, so eps 1e-5 (spec §2.3) is what the official uses.
+    ("reference", "fp32", "semantic_features"): (0.0, 2e-5),
+    # SenseVoice on a padded batch against each item alone.
+    ("torch", "fp32", "semantic_features"): (0.0, 1e-5),
     # Snake's gradient w.r.t. alpha sums B*T terms of both signs (cancellation): the torch
     # path sums as autograd does, up to order (a reduction); the Triton kernel sums per block
     # and then across blocks, judged against the largest element (atol_scale).
@@ -80,8 +91,13 @@ ELEMENTWISE = {
     ("reference", "fp32", "similarity"): (0.0, 1e-6),
     ("triton", "fp32", "similarity"): (0.0, 1e-6),
     ("torch", "fp32", "similarity"): (0.0, 1e-6),
-    # Kaldi fbank (log-mel, values O(10)) against torchaudio/the official fixtures: absolute
-    # only, the log of a sum of squares in another order.
+    # The reference's adjacent similarities against the official ones: cosines of SenseVoice
+    # features that match the official to fp32 rounding (semantic_features), not of the
+    # same features, so ten times NEAR_TIE; codes are still equal on every fixture.
+    ("reference", "fp32", "official_similarity"): (0.0, 1e-5),
+    # Kaldi fbank (log-mel, values O(10)) against torchaudio/the official fixtures: on the
+    # fixture machine's CPU and ours bit-identical (the same fp32 operations as torchaudio);
+    # atol leaves room for another CPU's FFT/GEMM rounding.
     ("reference", "fp32", "fbank"): (0.0, 1e-5),
     # A batched front end against one clip alone: same arithmetic, another batch size.
     ("torch", "fp32", "fbank"): (1e-6, 1e-6),
@@ -93,6 +109,10 @@ ELEMENTWISE = {
     # about 2.5 bf16 ulps at 1 (spacing 2^-7 = 7.8e-3); the SAME_PRECISION check is the
     # statement, this keeps each element from drifting further.
     ("torch", "bf16", "attention"): (2e-2, 2e-2),
+    # Snake on fp16 x against the reference run in fp16 (which rounds alpha x, sin, the
+    # square, the product and the sum): 4 fp16 ulps (2^-10) of the largest value (atol_scale);
+    # SAME_PRECISION is the statement, this bounds each element.
+    ("triton", "fp16", "snake"): (0.0, 4e-3),
 }
 
 # design §8: error against fp64 truth at most this multiple of the reference's error when
@@ -101,6 +121,7 @@ SAME_PRECISION = {
     ("triton", "fp16", "attention"): 2.0,
     ("torch", "fp16", "attention"): 2.0,
     ("torch", "bf16", "attention"): 2.0,
+    ("triton", "fp16", "snake"): 2.0,
 }
 
 # design §4: a decision value (cosine vs tau, FSQ bounded value vs a half-integer, RVQ best vs
