@@ -435,7 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument("paths", nargs="+", type=Path, help="audio files and folders")
     enc.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    enc.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="clips encoded together")
+    enc.add_argument(
+        "--batch-size",
+        type=POSITIVE_INT,
+        default=8,
+        help="most clips encoded together (the engine batches clips of similar length; "
+        "fewer when a batch would not fit its memory budget)",
+    )
     _rate_options(enc)
     enc.add_argument(
         "--mix-down",

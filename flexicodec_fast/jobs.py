@@ -17,6 +17,7 @@ import json
 import struct
 import tempfile
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from .codes_file import SUFFIX, Codes, atomic_write, load_codes, make_metadata, save_codes
 from .codes_file import model_fingerprint as fingerprint_of
-from .fast import fast_decode, fast_encode
+from .engine import Engine
 from .options import EncodeOptions
 from .reference.errors import CodesFileError, FlexiCodecError, InputError
 from .reference.frontend import MIN_SAMPLES
@@ -232,33 +233,6 @@ def read_audio(path: Path, mix_down: bool) -> torch.Tensor:
     return read_source(path, mix_down).audio
 
 
-def encode_clips(model, clips: list[torch.Tensor], options: EncodeOptions) -> list[Codes]:
-    """Clips (16 kHz mono `[N_i]`) -> each one's `Codes` (batch 1, trimmed to its tokens, no
-    metadata; the threshold used in `metadata["threshold"]`). The one place jobs encode."""
-    lens = torch.tensor([c.numel() for c in clips])
-    enc = fast_encode(
-        torch.nn.utils.rnn.pad_sequence(clips, batch_first=True),
-        model,
-        num_quantizers=options.num_quantizers,
-        merging_threshold=options.merging_threshold,
-        audio_lens=lens,
-        backend=options.backend,
-        precision=options.precision,
-        target_frame_rate=options.target_frame_rate,
-        dither=options.dither,
-        attention_window=options.attention_window,
-    )
-    thresholds = enc.get("thresholds", torch.full((len(clips),), options.merging_threshold))
-    codes = Codes(
-        enc["semantic_codes"],
-        enc["acoustic_codes"],
-        enc["token_lengths"],
-        enc["total_frames"],
-        {"thresholds": json.dumps(thresholds.tolist())},
-    )
-    return [codes.item(i) for i in range(len(clips))]
-
-
 def settings_difference(metadata: dict, fingerprint: str, settings: dict) -> str:
     """What differs between the settings recorded in a codes file and these ("" if none)."""
     if "settings" not in metadata:
@@ -328,21 +302,28 @@ def encode_files(
         )
     seconds = [header_seconds(path) for path, _ in todo]
     bar = _seconds_bar(sum(seconds), "encode", progress)
+    engine = _engine(model, options, max_batch=batch_size)
+    fed = deque()  # (path, target, seconds, source) of the clips the engine has taken
+
+    def clips():
+        for (path, target), length in zip(todo, seconds, strict=True):
+            try:
+                source = read_source(path, options.mix_down, allow_truncated)
+            except FlexiCodecError as e:
+                report.failed.append((path, str(e)))
+                bar.update(length)
+                continue
+            fed.append((path, target, length, source))
+            yield source.audio
+
     try:
-        for start in range(0, len(todo), batch_size):
-            batch, sources = [], []
-            for (path, target), length in zip(
-                todo[start : start + batch_size], seconds[start : start + batch_size], strict=True
-            ):
-                try:
-                    sources.append(read_source(path, options.mix_down, allow_truncated))
-                    batch.append((path, target, length))
-                except FlexiCodecError as e:
-                    report.failed.append((path, str(e)))
-                    bar.update(length)
-            if batch:
-                _encode_batch(model, batch, sources, options, report)
-                bar.update(sum(length for _, _, length in batch))
+        for result in engine.encode_many(clips()):
+            path, target, length, source = fed.popleft()
+            if isinstance(result, FlexiCodecError):
+                report.failed.append((path, str(result)))
+            else:
+                _save_encoded(model, path, target, source, result, options, report)
+            bar.update(length)
     except KeyboardInterrupt:
         raise JobInterrupted(report) from None
     finally:
@@ -350,31 +331,39 @@ def encode_files(
     return report
 
 
-def _encode_batch(model, batch, sources: list[Source], options: EncodeOptions, report) -> None:
+def _engine(model, options: EncodeOptions, max_batch: int = 256) -> Engine:
+    """The engine a job runs on the model's own device; a clip it refuses is yielded as its
+    error (reported), not raised (which would stop the job)."""
+    device = next(model.parameters()).device
+    return Engine(model, options=options, device=device, max_batch=max_batch, errors="yield")
+
+
+def _save_encoded(model, path, target, source: Source, result, options, report) -> None:
+    threshold = result.get("thresholds", torch.tensor([options.merging_threshold]))
+    codes = Codes(
+        result["semantic_codes"],
+        result["acoustic_codes"],
+        result["token_lengths"],
+        result["total_frames"],
+    )
+    codes.metadata = make_metadata(
+        model,
+        num_quantizers=codes.num_quantizers,
+        thresholds=threshold.tolist(),
+        audio_lengths=[source.audio.numel()],
+        sources=[str(path)],
+        frames=[int(codes.token_lengths.sum())],
+        source_sample_rates=[source.sample_rate],
+        source_lengths=[source.length],
+        settings=options.settings(),
+        attention_window=options.attention_window,
+    )
     try:
-        items = encode_clips(model, [s.audio for s in sources], options)
-    except FlexiCodecError as e:
-        report.failed += [(path, str(e)) for path, _, _ in batch]
+        save_codes(target, codes)
+    except OSError as e:
+        report.failed.append((path, f"cannot write {target} ({e.strerror or e})"))
         return
-    for (path, target, _), source, codes in zip(batch, sources, items, strict=True):
-        codes.metadata = make_metadata(
-            model,
-            num_quantizers=codes.num_quantizers,
-            thresholds=json.loads(codes.metadata["thresholds"]),
-            audio_lengths=[source.audio.numel()],
-            sources=[str(path)],
-            frames=[int(codes.token_lengths.sum())],
-            source_sample_rates=[source.sample_rate],
-            source_lengths=[source.length],
-            settings=options.settings(),
-            attention_window=options.attention_window,
-        )
-        try:
-            save_codes(target, codes)
-        except OSError as e:
-            report.failed.append((path, f"cannot write {target} ({e.strerror or e})"))
-            continue
-        report.done.append(target)
+    report.done.append(target)
 
 
 def _wav_name(rel: Path) -> Path:
@@ -449,14 +438,40 @@ def decode_files(
     pairs = plan_outputs(collect(inputs, (SUFFIX,)), Path(out_dir), _wav_name)
     check_output_folder(out_dir)
     report = JobReport()
-    decode_options = dict(
-        allow_other_model=allow_other_model, precision=precision, attention_window=attention_window
-    )
+    options = EncodeOptions(precision=precision, attention_window=attention_window)
+    engine = _engine(model, options)
     seconds = [_codes_seconds(path) for path, _ in pairs]
     bar = _seconds_bar(sum(seconds), "decode", progress)
-    try:
+    fed = deque()  # (path, target, seconds, (rate, samples)) of the items the engine has taken
+
+    def items():
         for (path, target), length in zip(pairs, seconds, strict=True):
-            _decode_one(model, path, target, report, decode_options, native_16k, overwrite)
+            try:
+                codes = load_codes(path, model, allow_other_model=allow_other_model)
+                if codes.total_frames.numel() != 1:
+                    raise CodesFileError(
+                        f"codes file {str(path)!r}: holds {codes.total_frames.numel()} items; "
+                        "decode writes one WAV per file, so save one item per file (Codes.item)"
+                    )
+            except FlexiCodecError as e:
+                report.failed.append((path, str(e)))
+                bar.update(length)
+                continue
+            shape = output_shape(model, codes, native_16k)
+            if not overwrite and _finished_decode(target, shape):
+                report.skipped.append(target)
+                bar.update(length)
+                continue
+            fed.append((path, target, length, shape))
+            yield codes
+
+    try:
+        for audio in engine.decode_many(items()):
+            path, target, length, (rate, samples) = fed.popleft()
+            if isinstance(audio, FlexiCodecError):
+                report.failed.append((path, str(audio)))
+            else:
+                _save_decoded(path, target, audio, rate, samples, native_16k, report)
             bar.update(length)
     except KeyboardInterrupt:
         raise JobInterrupted(report) from None
@@ -465,30 +480,7 @@ def decode_files(
     return report
 
 
-def _decode_one(model, path, target, report, options: dict, native_16k, overwrite) -> None:
-    """Decode one codes file to `target`, recording the outcome in `report`."""
-    try:
-        codes = load_codes(path, model, allow_other_model=options["allow_other_model"])
-        if codes.total_frames.numel() != 1:
-            raise CodesFileError(
-                f"codes file {str(path)!r}: holds {codes.total_frames.numel()} items; decode "
-                "writes one WAV per file, so save one item per file (Codes.item)"
-            )
-        rate, length = output_shape(model, codes, native_16k)
-        if not overwrite and _finished_decode(target, (rate, length)):
-            report.skipped.append(target)
-            return
-        audio = fast_decode(
-            model,
-            codes.semantic_codes,
-            codes.acoustic_codes,
-            codes.token_lengths,
-            precision=options["precision"],
-            attention_window=options["attention_window"],
-        )[0, 0].cpu()
-    except FlexiCodecError as e:
-        report.failed.append((path, str(e)))
-        return
+def _save_decoded(path, target, audio, rate: int, length: int, native_16k, report) -> None:
     samples = (audio if native_16k else to_source_shape(audio, rate, length)).numpy()
     try:
         atomic_write(

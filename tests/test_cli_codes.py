@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 from cli_helpers import fixture_model, fixture_model_args
+from tolerances import assert_audio_close
 
 import flexicodec_fast as ff
 from flexicodec_fast.asr.recognizer import load_recognizer, phoneme_error_rate
@@ -60,7 +61,8 @@ def test_encode_folder_with_broken_file_then_decode(
         model, want["semantic_codes"], want["acoustic_codes"], want["token_lengths"]
     )[0, 0]
     assert sr == 16000 and decoded.numel() == 1280 * int(want["token_lengths"].sum()) - 16
-    assert torch.equal(torch.from_numpy(audio)[: decoded.numel()], decoded)
+    # Through the engine's length bucket: fast_decode's audio to fp32 rounding.
+    assert_audio_close(torch.from_numpy(audio)[: decoded.numel()], decoded)
     assert audio.shape == (48000,) and not audio[decoded.numel() :].any()
     assert (wavs / "sub" / "c.wav").exists()
 
@@ -185,7 +187,7 @@ def test_attention_window_option_encodes_and_decodes_like_the_api(
         want["token_lengths"],
         attention_window=0.5,
     )
-    assert torch.equal(decoded, expected[0, 0])
+    assert_audio_close(decoded, expected[0, 0])
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 from cli_helpers import fixture_model, fixture_model_args, poke, short_corpus, tensor_span
 from safetensors.torch import save_file
+from tolerances import assert_audio_close
 
 import flexicodec_fast as ff
 from flexicodec_fast.cli import main
@@ -162,12 +163,16 @@ def test_decode_gives_the_inputs_rate_and_length(tmp_path, fixture_clips, model,
     want = resample(decoded, 16000, 48000)
     assert rate == 48000 and audio.shape == (70001,)
     n = min(70001, want.numel())
-    assert torch.equal(torch.from_numpy(audio[:n]), want[:n]) and not audio[n:].any()
+    # The CLI decodes through the engine (a length bucket, masked past the item's end):
+    # fast_decode's audio to fp32 rounding, not bit for bit.
+    assert_audio_close(torch.from_numpy(audio[:n]), want[:n])
+    assert not audio[n:].any()
 
     args = ["decode", str(codes_dir), "-o", str(raw), "--native-16k", "--quiet", *model_args]
     assert main(args) == 0
     audio, rate = sf.read(raw / "c.wav", dtype="float32")
-    assert rate == 16000 and torch.equal(torch.from_numpy(audio), decoded)
+    assert rate == 16000
+    assert_audio_close(torch.from_numpy(audio), decoded)
 
 
 def test_a_two_item_file_loads_and_its_padding_must_be_zero(encoded, tmp_path, model):

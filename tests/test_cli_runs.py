@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 from cli_helpers import fixture_model, fixture_model_args, short_corpus
 
-from flexicodec_fast import __version__, cli, jobs
+from flexicodec_fast import Engine, __version__, cli
 from flexicodec_fast.cli import build_parser, main
 from flexicodec_fast.codes_file import SUFFIX, load_codes
 from flexicodec_fast.fast import fast_encode
@@ -233,15 +233,15 @@ def test_argument_ranges_are_one_line_usage_errors(tmp_path, capsys, option, val
 
 
 def test_ctrl_c_says_what_was_finished(tmp_path, corpus, model_args, monkeypatch, capsys):
-    encode_clips, calls = jobs.encode_clips, []
+    encode_batch, calls = Engine._encode_batch, []
 
     def interrupted_at_the_second_batch(*args):
         calls.append(args)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return encode_clips(*args)
+        return encode_batch(*args)
 
-    monkeypatch.setattr(jobs, "encode_clips", interrupted_at_the_second_batch)
+    monkeypatch.setattr(Engine, "_encode_batch", interrupted_at_the_second_batch)
     out = tmp_path / "codes"
     args = ["encode", str(corpus), "-o", str(out), "--batch-size", "1", "--quiet", *model_args]
     assert main(args) == 130
@@ -258,7 +258,7 @@ def test_unexpected_error_is_one_line_unless_debug(
     def fails(*args):
         raise RuntimeError("out of something")
 
-    monkeypatch.setattr(jobs, "encode_clips", fails)
+    monkeypatch.setattr(Engine, "_encode_batch", fails)
     args = ["encode", str(corpus / "a.wav"), "-o", str(tmp_path / "o"), "--quiet", *model_args]
     assert main(args) == 1
     err = capsys.readouterr().err
