@@ -131,8 +131,11 @@ class EncodeOptions:
 
     def settings(self) -> dict:
         """What decides the codes, as a JSON-able dict (recorded beside corpus outputs so a
-        rerun with other settings is noticed). `backend` is left out: every backend gives
-        the same codes."""
+        rerun with other settings is noticed). `backend` is left out (every backend gives
+        the same codes), and `merging_threshold` is None under `target_frame_rate`."""
         out = asdict(self)
         del out["backend"]
+        if self.target_frame_rate is not None:
+            # The searched per-item thresholds replace it: it decides nothing.
+            out["merging_threshold"] = None
         return out
