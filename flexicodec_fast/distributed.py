@@ -12,10 +12,10 @@ Pipeline (one Ray Data job, streaming):
    so a rerun knows exactly which shards are missing.
 2. CPU tasks read and decode the files of the missing shards and resample them to 16 kHz
    mono (`decode_audio`); a file that cannot be used becomes an error row, not a failure.
-3. An actor pool (one model per actor, loaded once from a `model_spec`) sorts each bucket of
-   decoded clips by length and runs `fast_encode` on batches of similar lengths, padded with
-   `audio_lens`. `fast_encode` is batch-invariant, so every clip gets exactly its
-   single-clip codes whatever it is batched with.
+3. An actor pool (one model and one `Engine` per actor, made once from a `model_spec`)
+   encodes the decoded clips: the engine groups each actor call's clips into length buckets
+   and runs them as padded batches. Every stage masks per clip, so every clip gets exactly
+   its single-clip `fast_encode` codes whatever it is batched with.
 4. The driver collects the (small) code rows per shard and commits a shard once all its rows
    are in: rows sorted by index, written to `part-XXXXX.parquet.tmp`, then renamed. The
    shard's failed files go to `errors/part-XXXXX.parquet` first, so a committed shard always
@@ -40,7 +40,7 @@ from .dataset.columns import (
     codes_from_row,
 )
 from .dataset.decode import decode_audio
-from .dataset.encode import encode_clips, length_buckets
+from .dataset.encode import corpus_engine, encode_clips
 from .dataset.errors import DatasetJobError
 from .dataset.job import DatasetReport, encode_dataset
 from .dataset.model_spec import load_model_spec, normalize_model_spec
@@ -63,10 +63,10 @@ __all__ = [
     "cmd_encode_dataset",
     "codes_arrow_types",
     "codes_from_row",
+    "corpus_engine",
     "decode_audio",
     "encode_clips",
     "encode_dataset",
-    "length_buckets",
     "list_source",
     "load_errors",
     "load_model_spec",

@@ -17,7 +17,7 @@ import numpy as np
 
 from .dataset.columns import CODES_COLUMNS
 from .dataset.decode import decode_audio
-from .dataset.encode import encode_clips, length_buckets
+from .dataset.encode import corpus_engine, encode_clips
 from .dataset.errors import DatasetJobError, positive_int, require
 from .dataset.shards import part_files
 from .dataset.storage import read_bytes
@@ -87,17 +87,19 @@ def encode_hf_dataset(
     backend: str = "auto",
     **map_kwargs,
 ):
-    """`dataset` with the code columns (`CODES_COLUMNS`) added, computed by `fast_encode` in
-    `Dataset.map(batched=True)`; the other columns are kept as they are.
+    """`dataset` with the code columns (`CODES_COLUMNS`) added, computed by an `Engine` in
+    `Dataset.map(batched=True)`; the other columns are kept as they are. The codes are
+    `fast_encode`'s for each clip alone, whatever it is batched with.
 
     audio_column: an `Audio` column (read undecoded, decoded here with libsndfile: no
         torchcodec needed, and the codes equal `encode-dataset`'s for the same files), a
         column of `{"array", "sampling_rate"}`, or of bare arrays with `sample_rate`.
     num_quantizers, merging_threshold, target_frame_rate, precision, mix_down: as for
         `fast_encode` (mix_down averages `[C, N]` samples or multi-channel files).
-    batch_size: clips per `fast_encode` call; bucket_size: rows per `map` call, sorted by
-        length into those batches (default 8 x batch_size).
-    map_kwargs: passed to `Dataset.map` (`num_proc`, `cache_file_name`, `desc`, ...).
+    batch_size: clips per engine batch at most; bucket_size: rows per `map` call, which the
+        engine groups by length into those batches (default 8 x batch_size).
+    map_kwargs: passed to `Dataset.map` (`num_proc`, `cache_file_name`, `desc`, ...). Each
+        process makes one engine, at its first batch, on the model's device.
     A clip that cannot be encoded raises `InputError` naming its row.
     """
     datasets = require("datasets")
@@ -132,6 +134,10 @@ def encode_hf_dataset(
     if is_audio:
         dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
 
+    # Made at the first batch, in the process that runs it: `num_proc` workers each make their
+    # own instead of receiving a pickled one.
+    engines = []
+
     def encode(batch, indices):
         clips = []
         for value, row in zip(batch[audio_column], indices, strict=True):
@@ -139,12 +145,14 @@ def encode_hf_dataset(
                 clips.append(_clip(value, sample_rate, mix_down))
             except (FlexiCodecError, OSError) as e:  # OSError: a path that cannot be read
                 raise InputError(f"{audio_column}[{row}]: {e}") from e
-        columns = {key: [None] * len(clips) for key in CODES_COLUMNS}
-        for bucket in length_buckets([c.numel() for c in clips], batch_size):
-            result = encode_clips(model, [clips[j] for j in bucket], options)
-            for key, values in result.items():
-                for j, value in zip(bucket, values, strict=True):
-                    columns[key][j] = value
+        if not engines:
+            engines.append(corpus_engine(model, options, batch_size))
+        columns, errors = encode_clips(engines[0], clips)
+        for error, row in zip(errors, indices, strict=True):
+            if isinstance(error, InputError):
+                raise InputError(f"{audio_column}[{row}]: {error}") from error
+            if error is not None:
+                raise error
         return columns
 
     features = dataset.features.copy()

@@ -153,13 +153,6 @@ def test_listing_is_sorted_and_manifests_resolve(corpus, tmp_path):
         dist.list_source(tmp_path / "missing")
 
 
-def test_length_buckets_group_similar_lengths():
-    lengths = [50, 10, 40, 20, 30, 1000]
-    assert dist.length_buckets(lengths, 2) == [[1, 3], [4, 2], [0, 5]]
-    # At most 90 padded samples (clips x longest) per batch: a long clip goes alone.
-    assert dist.length_buckets(lengths, 4, max_batch_samples=90) == [[1, 3, 4], [2], [0], [5]]
-
-
 def test_model_spec_and_options_are_checked():
     assert dist.normalize_model_spec("builtin") == {"builtin": True}
     assert dist.normalize_model_spec({"tiny_seed": 3}) == {"tiny_seed": 3}
@@ -215,6 +208,127 @@ def test_actor_encodes_with_all_quantizers_when_asked_for_more(corpus, model):
     assert [r["id"] for r in rows] == ids and not any(r["error"] for r in rows)
     for row in rows:
         _assert_codes_equal(row, files[row["id"]], model, num_quantizers=None)
+
+
+def _decoded(clips: list[np.ndarray]) -> dict:
+    """A bucket as `decode_chunk` hands it to the actor, read-only like Ray's."""
+    audio = np.empty(len(clips), dtype=object)
+    for n, clip in enumerate(clips):
+        audio[n] = clip.view()
+        audio[n].setflags(write=False)
+    return {
+        "index": np.arange(len(clips), dtype=np.int64),
+        "shard": np.zeros(len(clips), dtype=np.int64),
+        "id": np.array([f"c{n}" for n in range(len(clips))], dtype=object),
+        "source": np.array([f"/c{n}" for n in range(len(clips))], dtype=object),
+        "audio": audio,
+        "error": np.array([""] * len(clips), dtype=object),
+    }
+
+
+def _assert_clip_codes_equal(row, clip: np.ndarray, model):
+    ref = fast_encode(torch.from_numpy(clip)[None], model, num_quantizers=NQ)
+    codes = dist.codes_from_row(row)
+    for key in ("semantic_codes", "acoustic_codes", "token_lengths", "total_frames"):
+        assert torch.equal(getattr(codes, key), ref[key]), (row["id"], key)
+    assert row["audio_samples"] == clip.size and row["threshold"] == 0.91
+
+
+@needs_arrow
+def test_actor_runs_one_engine_and_isolates_bad_clips(monkeypatch, model):
+    """The actor makes its engine once and encodes each call's clips with one
+    `Engine.encode_many` (no `fast_encode`); a clip the engine refuses (NaN, too short)
+    becomes an encode error row and the others keep their single-clip codes."""
+    import flexicodec_fast.fast as fast
+    from flexicodec_fast.engine import Engine
+
+    made, calls = [], []
+    init, encode_many = Engine.__init__, Engine.encode_many
+
+    def counting_init(self, *args, **kwargs):
+        made.append(kwargs)
+        init(self, *args, **kwargs)
+
+    def counting_encode_many(self, clips):
+        calls.append(len(clips))
+        return encode_many(self, clips)
+
+    def no_fast_encode(*args, **kwargs):
+        raise AssertionError("the actor called fast_encode")
+
+    monkeypatch.setattr(Engine, "__init__", counting_init)
+    monkeypatch.setattr(Engine, "encode_many", counting_encode_many)
+    monkeypatch.setattr(fast, "fast_encode", no_fast_encode)
+    threads = torch.get_num_threads()
+    actor = Encoder({"tiny_seed": 0}, EncodeOptions(num_quantizers=NQ), 2, None, threads, False)
+    rng = np.random.default_rng(1)
+    clips = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (9000, 4000, 21000, 6500)]
+    nan = clips[1].copy()
+    nan[100] = np.nan
+    bad = {1: (nan, "expected finite samples"), 3: (clips[3][:1000], "expected at least 1360")}
+    first = actor(_decoded([bad.get(n, (c,))[0] for n, c in enumerate(clips)])).to_pylist()
+    second = actor(_decoded(clips[:2])).to_pylist()
+    monkeypatch.undo()
+
+    assert (len(made), calls) == (1, [4, 2])
+    assert made[0]["errors"] == "yield" and made[0]["max_batch"] == 2
+    for n, row in enumerate(first):
+        if n in bad:
+            assert row["stage"] == "encode" and row["semantic_codes"] is None
+            # The row's own message, not the clip's position inside the engine call.
+            assert row["error"].startswith(f"InputError: {bad[n][1]}"), row["error"]
+        else:
+            assert row["stage"] is None and row["error"] is None
+            _assert_clip_codes_equal(row, clips[n], model)
+    for row, clip in zip(second, clips[:2], strict=True):
+        _assert_clip_codes_equal(row, clip, model)
+
+
+@needs_arrow
+def test_a_failing_batch_is_retried_clip_by_clip(monkeypatch, model):
+    """A batch that fails in the model (out of memory, say) is retried one clip at a time;
+    only a clip that fails alone becomes an error row."""
+    from flexicodec_fast.engine import Engine
+
+    rng = np.random.default_rng(2)
+    clips = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (9000, 8000, 7000)]
+    run = Engine._encode_batch
+
+    def out_of_memory(self, key, sources):
+        if len(sources) > 1 or sources[0][0].shape[0] == 8000:
+            raise torch.OutOfMemoryError("CUDA out of memory (planted)")
+        return run(self, key, sources)
+
+    monkeypatch.setattr(Engine, "_encode_batch", out_of_memory)
+    actor = Encoder({"tiny_seed": 0}, EncodeOptions(num_quantizers=NQ), 4, None, 1, False)
+    rows = actor(_decoded(clips)).to_pylist()
+    monkeypatch.undo()
+    assert [r["stage"] for r in rows] == [None, "encode", None]
+    assert rows[1]["error"] == "OutOfMemoryError: CUDA out of memory (planted)"
+    for n in (0, 2):
+        _assert_clip_codes_equal(rows[n], clips[n], model)
+
+
+def test_max_batch_seconds_caps_the_padded_audio_of_a_batch(model):
+    """`max_batch_samples` becomes the engine's memory budget: no bucket's batch holds more
+    padded samples than the cap (a bucket longer than the cap runs one clip at a time)."""
+    from flexicodec_fast.dataset.encode import corpus_engine
+
+    cap = 6 * 16000
+    engine = corpus_engine(model, EncodeOptions(num_quantizers=NQ), 64, cap)
+    # As many clips as the cap allows (at least one), at most batch_size.
+    assert [b.batch for b in engine.buckets] == [
+        max(1, min(64, cap // b.samples)) for b in engine.buckets
+    ]
+    # The 1, 2 and 3 s buckets are 13, 25 and 38 hops of 1280 samples.
+    assert [(b.samples, b.batch) for b in engine.buckets[:3]] == [
+        (16640, 5),
+        (32000, 3),
+        (48640, 1),
+    ]
+    # Without a cap, batch_size bounds the batch (the CPU default, 2 GiB, fits 17 of 30 s).
+    uncapped = corpus_engine(model, EncodeOptions(num_quantizers=NQ), 5)
+    assert {b.batch for b in uncapped.buckets} == {5}
 
 
 @needs_arrow
@@ -369,6 +483,58 @@ def test_hf_dataset_gets_per_file_codes(corpus, model):
 
     with pytest.raises(InputError, match=r"audio\[0\]: 2 channels"):
         encode_hf_dataset(arrays.select([ids.index("spk1/clip07.wav")]), model, num_quantizers=NQ)
+
+
+@needs_datasets
+def test_hf_map_calls_share_one_engine(monkeypatch, model):
+    """One engine for every `map` batch of a call, one `encode_many` per batch, no
+    `fast_encode`; each clip keeps its single-clip codes, and a clip the engine refuses raises
+    an `InputError` naming its row."""
+    import datasets
+
+    import flexicodec_fast.fast as fast
+    from flexicodec_fast import hf_datasets
+    from flexicodec_fast.engine import Engine
+    from flexicodec_fast.hf_datasets import encode_hf_dataset
+
+    rng = np.random.default_rng(3)
+    clips = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (7000, 15000, 3000, 9000)]
+    ds = datasets.Dataset.from_dict({"audio": [c.tolist() for c in clips]})
+    made, calls = [], []
+    init, encode_many = Engine.__init__, Engine.encode_many
+
+    def counting_init(self, *args, **kwargs):
+        made.append(kwargs)
+        init(self, *args, **kwargs)
+
+    def counting_encode_many(self, batch):
+        calls.append(len(batch))
+        return encode_many(self, batch)
+
+    def no_fast_encode(*args, **kwargs):
+        raise AssertionError("encode_hf_dataset called fast_encode")
+
+    monkeypatch.setattr(Engine, "__init__", counting_init)
+    monkeypatch.setattr(Engine, "encode_many", counting_encode_many)
+    monkeypatch.setattr(fast, "fast_encode", no_fast_encode)
+    enc = encode_hf_dataset(
+        ds, model, sample_rate=16000, num_quantizers=NQ, batch_size=2, bucket_size=3
+    )
+    nan = ds.select([0, 1]).map(
+        lambda r, i: {"audio": [np.nan] * 4000} if i else r, with_indices=True
+    )
+    # Past the reading checks (which refuse NaN first), the engine's refusal names the row.
+    monkeypatch.setattr(
+        hf_datasets, "to_model_audio", lambda wav, rate, mix: torch.tensor(wav[:, 0])
+    )
+    with pytest.raises(InputError, match=r"^audio\[1\]: expected finite samples"):
+        encode_hf_dataset(nan, model, sample_rate=16000, num_quantizers=NQ)
+    monkeypatch.undo()
+
+    assert (len(made), calls) == (2, [3, 1, 2])
+    assert made[0]["max_batch"] == 2
+    for row, clip in zip(enc.remove_columns("audio"), clips, strict=True):
+        _assert_clip_codes_equal(row, clip, model)
 
 
 @needs_ray

@@ -9,8 +9,8 @@ pipeline.
 - `plan`: the fixed shard assignment and the plan file a rerun must match;
 - `decode`: files -> 16 kHz mono clips (the CPU tasks);
 - `columns`: the code columns of a part-file row, and rows back to codes;
-- `encode`: clips -> code rows in length-sorted batches (the one model call);
-- `actor`: the Ray actor that holds one model and encodes buckets of clips;
+- `encode`: clips -> code rows through an `Engine` (the one model call);
+- `actor`: the Ray actor that holds one model and its `Engine`;
 - `shards`: the output folder: atomic shard commits, errors, the driver's collector;
 - `resources`: the actor pool's shape from the cluster;
 - `job`: `encode_dataset`, which runs the pipeline;

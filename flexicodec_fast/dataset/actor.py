@@ -1,5 +1,5 @@
-"""The Ray actor that encodes: one model per actor, loaded once, encoding buckets of decoded
-clips into rows of `columns.row_schema()`."""
+"""The Ray actor that encodes: one model and one `Engine` per actor, made once, encoding
+buckets of decoded clips into rows of `columns.row_schema()`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import torch
 
 from ..options import EncodeOptions
 from .columns import CODES_COLUMNS, row_schema
-from .encode import encode_clips, length_buckets
+from .encode import corpus_engine, encode_clips
 from .model_spec import load_model_spec
 
 
 class Encoder:
-    """Actor: one model, loaded once; encodes buckets of decoded clips."""
+    """Actor: one model and its `Engine`, made once; encodes buckets of decoded clips.
+
+    batch_size, max_batch_samples: the engine's batches (`encode.corpus_engine`); threads:
+    torch threads; use_gpu: run on CUDA (the actor holds a GPU), else on the CPU."""
 
     def __init__(
         self,
@@ -25,12 +28,11 @@ class Encoder:
         use_gpu: bool,
     ):
         torch.set_num_threads(threads)
-        self.model = load_model_spec(model_spec, "cuda" if use_gpu else "cpu")
-        # Resolved once here, so an actor warns once when asked for more quantizers than
-        # the model has.
-        self.options = options.for_model(self.model)
-        self.batch_size = batch_size
-        self.max_batch_samples = max_batch_samples
+        model = load_model_spec(model_spec, "cuda" if use_gpu else "cpu")
+        # The engine resolves the options once, so an actor warns once when asked for more
+        # quantizers than the model has.
+        self.engine = corpus_engine(model, options, batch_size, max_batch_samples)
+        self.options = self.engine.options
 
     def __call__(self, batch: dict):
         """A bucket of `decode.decode_chunk` rows -> a pyarrow Table of `row_schema()`:
@@ -42,10 +44,14 @@ class Encoder:
         stage = ["decode" if batch["error"][i] else None for i in range(n)]
         errors = [batch["error"][i] or None for i in range(n)]
         good = [i for i in range(n) if not errors[i]]
-        lengths = [len(batch["audio"][i]) for i in good]
-        for bucket in length_buckets(lengths, self.batch_size, self.max_batch_samples):
-            items = [good[j] for j in bucket]
-            self._encode(batch, items, columns, stage, errors)
+        # A copy: the batch is a read-only view into the object store.
+        clips = [torch.from_numpy(np.array(batch["audio"][i], dtype=np.float32)) for i in good]
+        codes, failures = encode_clips(self.engine, clips)
+        for j, i in enumerate(good):
+            if failures[j] is not None:
+                stage[i], errors[i] = "encode", f"{type(failures[j]).__name__}: {failures[j]}"
+            for key in CODES_COLUMNS:
+                columns[key][i] = codes[key][j]
         return pa.Table.from_pydict(
             {
                 "index": batch["index"].tolist(),
@@ -58,21 +64,3 @@ class Encoder:
             },
             schema=row_schema(),
         )
-
-    def _encode(self, batch, items, columns, stage, errors):
-        # A copy: the batch is a read-only view into the object store.
-        clips = [torch.from_numpy(np.array(batch["audio"][i], dtype=np.float32)) for i in items]
-        try:
-            result = encode_clips(self.model, clips, self.options)
-        except Exception as e:  # noqa: BLE001 - isolate the failing clip(s) below
-            if len(items) == 1:
-                stage[items[0]], errors[items[0]] = "encode", f"{type(e).__name__}: {e}"
-                return
-            # A batch failure (one bad clip, or out of memory) is retried clip by clip, so
-            # only the clips that fail alone are recorded as errors.
-            for i in items:
-                self._encode(batch, [i], columns, stage, errors)
-            return
-        for key, values in result.items():
-            for i, value in zip(items, values, strict=True):
-                columns[key][i] = value

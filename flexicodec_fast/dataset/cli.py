@@ -50,13 +50,9 @@ def add_encode_dataset_parser(subparsers) -> None:
         "--decode-cpus", type=float, default=1.0, help="CPUs per decode task (default 1)"
     )
     batching = p.add_argument_group("batching and shards")
-    batching.add_argument("--batch-size", type=int, default=8, help="clips per model call")
-    batching.add_argument(
-        "--bucket-size", type=int, help="clips sorted by length together (default 8x batch)"
-    )
-    batching.add_argument(
-        "--max-batch-seconds", type=float, help="cap on padded audio per model call"
-    )
+    batching.add_argument("--batch-size", type=int, default=8, help="clips per batch at most")
+    batching.add_argument("--bucket-size", type=int, help="clips per actor call (default 8x batch)")
+    batching.add_argument("--max-batch-seconds", type=float, help="cap on padded audio per batch")
     batching.add_argument("--shard-size", type=int, default=1000, help="clips per part file")
     codes = p.add_argument_group("codes")
     codes.add_argument("--num-quantizers", type=int, default=8)

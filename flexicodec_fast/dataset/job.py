@@ -91,9 +91,10 @@ def encode_dataset(
         than the model has means all it has); they (with the listing and `shard_size`) must
         stay the same across reruns into one output folder.
     shard_size: clips per part file.
-    batch_size: clips per `fast_encode` call; bucket_size: clips an actor sorts by length
-        at once (default 8 x batch_size); max_batch_seconds: cap on the padded audio of one
-        call (batch size x longest clip), for corpora with long clips.
+    batch_size: clips per engine batch at most; bucket_size: clips per actor call, which
+        the actor's `Engine` groups by length into batches (default 8 x batch_size);
+        max_batch_seconds: cap on the padded audio of one batch (clips x bucket length), for
+        corpora with long clips.
     num_actors, gpus_per_actor, cpus_per_actor: the encoder pool. Defaults: one actor per
         GPU with 1 CPU each when the cluster has GPUs; else one CPU actor holding the CPUs
         decoding leaves. An actor with GPUs runs on CUDA, else on CPU with
@@ -203,8 +204,8 @@ def _run(ray, plan, pending, output_dir, record, spec, options, report, **kw) ->
             batch_size=1,
             num_cpus=kw["decode_cpus"],
         )
-        # A separate operator between decoding and the actors: it hands each actor call one
-        # bucket of clips, and keeps decoding in its own CPU tasks (Ray fuses a task stage into
+        # A separate operator between decoding and the actors: it hands each actor call
+        # `bucket_size` clips, and keeps decoding in its own CPU tasks (Ray fuses a task stage into
         # a following actor stage whose resources match, which would serialise decoding with
         # the model inside the actors).
         ds = ds.repartition(target_num_rows_per_block=kw["bucket_size"])
