@@ -378,17 +378,13 @@ class Check:
             print(json.dumps(entry), flush=True)
             save()
 
-        for provider in ("reference", "fast_encode"):
-            for name, clips in workloads:
-                entry, _ = self.measure(provider, name, clips, None, deadline)
-                entry["precision"] = "fp32"
-                add(entry)
-            self.release()
+        # Engines first, while the fp32 one still holds the shapes the correctness section
+        # captured; the eager providers run once the engines' graph memory is released.
         for precision in PRECISIONS:
             engine = self.fp32_engine if precision == "fp32" else self.engine(precision)
             self.fp32_engine = None
             for name, clips in workloads:
-                entry, out = self.measure("engine", name, clips, engine, deadline)
+                entry, out = self.guarded("engine", name, clips, engine, deadline)
                 entry["precision"] = precision
                 if out is not None and precision == "fp32":
                     fp32_results[name] = out
@@ -396,10 +392,32 @@ class Check:
                     entry["codes_vs_engine_fp32"] = agreement(out, fp32_results[name])
                 add(entry)
             if precision == "fp32":
-                report["profile"] = self.profile(engine)
+                try:
+                    report["profile"] = self.profile(engine)
+                except Exception as e:  # noqa: BLE001 - a failed profile must not end the run
+                    report["profile"] = {"error": f"{type(e).__name__}: {e}"}
                 save()
             del engine
             self.release()
+        for provider in ("reference", "fast_encode"):
+            for name, clips in workloads:
+                entry, _ = self.guarded(provider, name, clips, None, deadline)
+                entry["precision"] = "fp32"
+                add(entry)
+            self.release()
+
+    def guarded(self, provider, name, clips, engine, deadline) -> tuple[dict, list | None]:
+        """`measure`, recording an error (out of memory, say) as the entry's result so that
+        the other entries still run."""
+        try:
+            return self.measure(provider, name, clips, engine, deadline)
+        except Exception as e:  # noqa: BLE001 - reported in the entry, the sweep goes on
+            self.release()
+            return {
+                "workload": name,
+                "provider": provider,
+                "skipped": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            }, None
 
     # -------------------------------------------------------------------- profile
 
@@ -509,8 +527,7 @@ def markdown(report: dict) -> str:
     env, corr = report["environment"], report["correctness"]
     lines = [
         f"# Engine GPU check ({'DRY RUN on CPU, tiny model' if env['dry_run'] else 'CUDA'})",
-        "",
-        "" if report["complete"] else "**Incomplete: the run stopped before the end.**",
+        *([] if report["complete"] else ["", "**Incomplete: the run stopped before the end.**"]),
         "",
         f"{env['date']}: {env['device_name']} ({env['device']}), torch {env['torch']}, "
         f"triton {env['triton']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, "
@@ -579,7 +596,9 @@ def markdown(report: dict) -> str:
             f"{agree_text} |"
         )
     prof = report.get("profile")
-    if prof:
+    if prof and "error" in prof:
+        lines += ["", f"## Profile: failed ({prof['error']})"]
+    elif prof:
         lines += [
             "",
             f"## Profile: one bucket of {prof['bucket_batch']} x "
