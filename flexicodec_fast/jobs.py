@@ -316,13 +316,22 @@ def encode_files(
             fed.append((path, target, length, source))
             yield source.audio
 
+    def save(path, target, source, result):
+        _save_encoded(model, path, target, source, result, options, report)
+
+    return _collect(engine.encode_many(clips()), fed, save, bar, report)
+
+
+def _collect(results, fed: deque, save, bar, report: JobReport) -> JobReport:
+    """Pair each engine result with the (path, target, seconds, detail) fed for it, in order:
+    save it, or report the error the engine yielded in its place."""
     try:
-        for result in engine.encode_many(clips()):
-            path, target, length, source = fed.popleft()
+        for result in results:
+            path, target, length, detail = fed.popleft()
             if isinstance(result, FlexiCodecError):
                 report.failed.append((path, str(result)))
             else:
-                _save_encoded(model, path, target, source, result, options, report)
+                save(path, target, detail, result)
             bar.update(length)
     except KeyboardInterrupt:
         raise JobInterrupted(report) from None
@@ -465,19 +474,10 @@ def decode_files(
             fed.append((path, target, length, shape))
             yield codes
 
-    try:
-        for audio in engine.decode_many(items()):
-            path, target, length, (rate, samples) = fed.popleft()
-            if isinstance(audio, FlexiCodecError):
-                report.failed.append((path, str(audio)))
-            else:
-                _save_decoded(path, target, audio, rate, samples, native_16k, report)
-            bar.update(length)
-    except KeyboardInterrupt:
-        raise JobInterrupted(report) from None
-    finally:
-        bar.close()
-    return report
+    def save(path, target, shape, audio):
+        _save_decoded(path, target, audio, *shape, native_16k, report)
+
+    return _collect(engine.decode_many(items()), fed, save, bar, report)
 
 
 def _save_decoded(path, target, audio, rate: int, length: int, native_16k, report) -> None:
