@@ -7,7 +7,7 @@
 #                                    (the dry run collects them only)
 #
 #   bench/gpu_check.sh              CUDA; results in $OUT (or a new temp dir)
-#   bench/gpu_check.sh --dry-run    CPU, tiny model and sizes (~20 s): the same files, so
+#   bench/gpu_check.sh --dry-run    CPU, tiny model and sizes (20-60 s): the same files, so
 #                                   the script cannot rot (tests/test_gpu_check.py runs it)
 #   bench/gpu_check.sh [--dry-run] DIR    results in DIR
 #
