@@ -1,11 +1,12 @@
 """`Engine`: corpus encoding and decoding that keeps a GPU busy (design §9).
 
 Clips (any iterable, any lengths) are read lazily and grouped by length into a fixed grid of
-buckets. Each bucket runs as one static-shape batch through the same stage functions as
-`fast_encode` / `fast_decode` (`flexicodec_fast.fast`): every shape comes from the bucket
-(`Sizes.of(..., static=True)`, `G = T` token columns), lengths travel as device tensors, and
-nothing reads a device value on the host until the bucket's results come back in one
-transfer. On CUDA each bucket shape is captured once as a CUDA graph and replayed.
+buckets. Each bucket runs as one batch through the same stage functions as `fast_encode` /
+`fast_decode` (`flexicodec_fast.fast`). With static shapes (the default on CUDA) every shape
+comes from the bucket (`Sizes.of(..., static=True)`, `G = T` token columns), lengths travel
+as device tensors, and nothing reads a device value on the host until the bucket's results
+come back in one transfer; each bucket shape is captured once as a CUDA graph and replayed.
+On a CPU a batch is sized by its longest clip instead (less to compute, nothing to wait for).
 
 Why exact: every stage masks per item, so a clip padded into a larger bucket keeps the codes
 it gets alone; the grid only trades padding for the number of captured shapes. Results come
@@ -112,11 +113,17 @@ class Engine:
     ```
 
     model: a `prepare_model` model (or the official dict layout); it is used on `device`
-        ("auto": CUDA when available), copied there if it lives elsewhere.
+        ("auto": the model's own device if it is a GPU, else CUDA when available), copied
+        there if it lives elsewhere.
     precision, num_quantizers, merging_threshold, target_frame_rate, backend,
     attention_window, mix_down: as `fast_encode` (or pass `options=EncodeOptions(...)`).
-    cuda_graphs: capture each bucket shape once and replay it (CUDA only; a shape whose
-        capture fails runs eagerly, with one warning naming the reason).
+    static_shapes: run every batch of a bucket at the bucket's shape (the bucket's length,
+        its batch size, `G = T` token columns) with no host reads between stages; None
+        (default): on CUDA only. On a CPU nothing waits for a device, so by default a batch
+        is sized by its longest clip and its largest token count (read once) instead, which
+        computes less; the codes are the same either way.
+    cuda_graphs: with static shapes on CUDA, capture each bucket shape once and replay it (a
+        shape whose capture fails runs eagerly, with one warning naming the reason).
     bucket_seconds: the length grid; a clip longer than the largest bucket runs alone.
     memory_budget: bytes of activations a batch may use (default: half the free GPU
         memory, 2 GiB on a CPU); with `max_batch` it sets each bucket's batch size.
@@ -140,6 +147,7 @@ class Engine:
         attention_window: float | None = None,
         mix_down: bool = False,
         options: EncodeOptions | None = None,
+        static_shapes: bool | None = None,
         cuda_graphs: bool = True,
         bucket_seconds: Iterable[float] = DEFAULT_BUCKET_SECONDS,
         memory_budget: int | None = None,
@@ -148,8 +156,14 @@ class Engine:
         errors: str = "raise",
     ):
         model = resolve_model(model)
+        own = next(model.parameters()).device
+        if device == "auto" and own.type == "cuda":
+            device = own
         self.device = resolve_device(device)
-        if next(model.parameters()).device != self.device:
+        if self.device.type == "cuda" and self.device.index is None:
+            # "cuda" names the current device: compare by index, never copy to itself.
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if own != self.device:
             model = copy.deepcopy(model).to(self.device)
         model.eval()
         self.model = model
@@ -178,7 +192,9 @@ class Engine:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name}: expected an int >= 1, got {describe(value)}")
         self.max_held = max_held
-        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        on_cuda = self.device.type == "cuda"
+        self.static_shapes = on_cuda if static_shapes is None else bool(static_shapes)
+        self.cuda_graphs = bool(cuda_graphs) and on_cuda and self.static_shapes
         self.fast = FastCodec.for_model(model, self.options.backend, self.options.precision)
         self.buckets = self._grid(bucket_seconds, memory_budget, max_batch)
         self.stats = EngineStats()
@@ -276,16 +292,18 @@ class Engine:
         bucket = key[0]
         clips = [audio for audio, _, _ in sources]
         samples = [c.shape[0] for c in clips]
-        if bucket is None:
-            padded, batch = samples[0], 1
-        else:
+        static = self.static_shapes
+        if static and bucket is not None:
             padded, batch = bucket.samples, (bucket.batch if self.cuda_graphs else len(clips))
+        else:
+            # Per batch (or a clip too long for every bucket: its own shape, not graphed).
+            padded, batch = max(samples), len(clips)
         # Graph slots past the real clips hold silence of the bucket's length.
         lengths = samples + [padded] * (batch - len(clips))
-        sizes = Sizes.of(self.model, lengths, padded, static=True)
+        sizes = Sizes.of(self.model, lengths, padded, static=static)
 
         def run(audio, lens):
-            return encode_stages(self.fast, audio, lens, sizes, self.options, static=True)
+            return encode_stages(self.fast, audio, lens, sizes, self.options, static=static)
 
         def fill(audio, lens):
             audio.zero_()
@@ -298,7 +316,7 @@ class Engine:
             torch.zeros(batch, padded, device=self.device),
             torch.zeros(batch, dtype=torch.long, device=self.device),
         )
-        out = self._execute(key, run, fill, inputs, graphed=bucket is not None)
+        out = self._execute(key, run, fill, inputs, graphed=static and bucket is not None)
         self.stats.padded_seconds += (batch * padded - sum(samples)) / 16000
         return self._split_encoded(out, sources)
 
@@ -402,15 +420,18 @@ class Engine:
         bucket, stages, window = key[:3]
         hop = self.model.hop_length
         frames = [f for _, f, _ in items]
-        if bucket is None:
-            t_max, batch = frames[0], 1
-        else:
-            t_max = bucket.samples // hop
+        static = self.static_shapes
+        if static and bucket is not None:
+            t_max = groups = bucket.samples // hop
             batch = bucket.batch if self.cuda_graphs else len(items)
+        else:
+            t_max, groups, batch = max(frames), max(c[2].shape[0] for c, _, _ in items), len(items)
+        # Static shapes never skip masks: the same graph must serve every batch.
+        full = not static and len(set(frames)) == 1
 
         def run(sem, ac, lengths):
             return decode_stages(
-                self.fast, sem, ac, lengths, t_max, False, self.options.bands, window
+                self.fast, sem, ac, lengths, t_max, full, self.options.bands, window
             )
 
         def fill(sem, ac, lengths):
@@ -427,14 +448,18 @@ class Engine:
                     ac[b, :, :g].copy_(a)
 
         inputs = (
-            torch.zeros(batch, 1, t_max, dtype=torch.long, device=self.device),
+            torch.zeros(batch, 1, groups, dtype=torch.long, device=self.device),
             None
             if stages is None
-            else torch.zeros(batch, stages, t_max, dtype=torch.long, device=self.device),
-            torch.zeros(batch, t_max, dtype=torch.long, device=self.device),
+            else torch.zeros(batch, stages, groups, dtype=torch.long, device=self.device),
+            torch.zeros(batch, groups, dtype=torch.long, device=self.device),
         )
         audio = self._execute(
-            ("decode", t_max, batch, stages, window), run, fill, inputs, bucket is not None
+            ("decode", t_max, batch, stages, window),
+            run,
+            fill,
+            inputs,
+            static and bucket is not None,
         ).to("cpu")
         self.stats.padded_seconds += (batch * t_max - sum(frames)) * hop / 16000
         lengths = self.model.dac.decoded_length(torch.tensor(frames)).numpy()

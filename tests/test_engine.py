@@ -42,9 +42,12 @@ def _assert_same_encode(got, want):
     assert_close(got["decoder_latent"], want["decoder_latent"], "latent")
 
 
-def test_engine_equals_fast_encode_per_clip_in_order(model):
+@pytest.mark.parametrize("static", [True, False], ids=["static", "dynamic"])
+def test_engine_equals_fast_encode_per_clip_in_order(model, static):
+    """Static shapes (the CUDA default: bucket length, G = T) and per-batch sizes (the CPU
+    default) both give every clip exactly its own codes."""
     clips = _clips(LENGTHS, seed=0)
-    engine = _engine(model)
+    engine = _engine(model, static_shapes=static)
     results = list(engine.encode_many(c for c in clips))  # a generator
     assert len(results) == len(clips)
     merged = 0
@@ -70,7 +73,7 @@ def test_engine_equals_fast_encode_per_clip_in_order(model):
 def test_engine_options_equal_fast_encode(model, options):
     clips = _clips((5000, 16000, 7000, 2500), seed=1)
     opts = EncodeOptions(**{"num_quantizers": 4, "merging_threshold": THRESHOLD, **options})
-    engine = Engine(model, options=opts, bucket_seconds=BUCKETS, max_batch=2)
+    engine = Engine(model, options=opts, bucket_seconds=BUCKETS, max_batch=2, static_shapes=True)
     for clip, got in zip(clips, engine.encode_many(clips), strict=True):
         want = fast_encode(clip[None], model, options=opts)
         _assert_same_encode(got, want)
@@ -96,9 +99,10 @@ def test_engine_takes_audio_sample_rate_pairs(model):
         assert got["source_sample_rate"] == sr
 
 
-def test_decode_many_equals_fast_decode(model):
+@pytest.mark.parametrize("static", [True, False], ids=["static", "dynamic"])
+def test_decode_many_equals_fast_decode(model, static):
     clips = _clips(LENGTHS, seed=4)
-    engine = _engine(model)
+    engine = _engine(model, static_shapes=static)
     results = list(engine.encode_many(clips))
     decoded = list(engine.decode_many(results))
     for result, audio in zip(results, decoded, strict=True):
@@ -109,7 +113,8 @@ def test_decode_many_equals_fast_decode(model):
 
 
 def test_steady_state_has_no_host_syncs(model):
-    engine = _engine(model)
+    """The static-shape path (what runs on CUDA, graphed) reads nothing on the host."""
+    engine = _engine(model, static_shapes=True)
     list(engine.decode_many(engine.encode_many(_clips(LENGTHS, seed=5))))
     second = _clips([n - 37 for n in LENGTHS[:-1]] + [1500], seed=6)
     with HostSyncCounter(record_sites=True) as syncs:
