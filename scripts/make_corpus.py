@@ -671,6 +671,7 @@ HUMAN_SOURCES = {
         HumanSource("asterisk-prompt-fr-armelle", "fr", "fr-fr", speaker="Armelle"),
         HumanSource("asterisk-prompt-es-co", "es", "es-419", speaker="July"),
         HumanSource("asterisk-prompt-it-menardi-wav", "it", "it"),
+        # One voice and language per folder: KLETTRES_ESPEAK and klettres_speaker.
         HumanSource("klettres-data", "", ""),
     ]
 }
