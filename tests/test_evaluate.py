@@ -62,6 +62,7 @@ def test_si_sdr_of_a_known_mixture():
     s = np.array([1.0, -1.0, 1.0, -1.0])
     noise = np.array([1.0, 1.0, -1.0, -1.0])  # zero mean, orthogonal to s
     # a = 0.5: target energy 0.25 * 4 = 1, noise energy 4 -> 10 log10(1 / 4)
+    # float64 arithmetic on exact values: rel 1e-12 is a few ulps of the log
     assert ev.si_sdr(s, 0.5 * s + noise) == pytest.approx(10 * math.log10(0.25), rel=1e-12)
     assert ev.si_sdr(s, 3.0 * s + 7.0) == math.inf  # scale and offset do not count
 
@@ -69,6 +70,7 @@ def test_si_sdr_of_a_known_mixture():
 def test_identical_audio_scores_perfect(clips):
     audio = ev.read_16k(clips / "a.wav")
     q = ev.quality(audio, audio.clone())
+    # pystoi's correlations of identical float64 signals: 1 up to rounding
     assert q["stoi"] == pytest.approx(1.0, abs=1e-9)
     assert q["estoi"] == pytest.approx(1.0, abs=1e-9)
     assert q["pesq_wb"] >= 4.5
@@ -102,6 +104,7 @@ def test_metrics_equal_direct_library_calls(model, clips):
             estoi = pystoi.stoi(ref, dec, 16000, extended=True)
             assert row["estoi"] == pytest.approx(estoi, rel=1e-12)
             assert row["pesq_wb"] == pesq.pesq(16000, ref, dec, "wb")
+            # float64 on both sides, summed in other orders over a clip
             assert row["si_sdr_db"] == pytest.approx(_si_sdr_by_definition(ref, dec), rel=1e-9)
             with torch.no_grad():
                 want_mel = float(mel(decoded[None, :n], reference[None, :n]))
