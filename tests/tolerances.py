@@ -26,7 +26,7 @@ fixed number:
 
 import torch
 
-# Relative error of a whole tensor against the fp32 reference.
+# Relative error of a whole tensor against the reference (fp32 unless the key says fp64).
 RELATIVE = {
     # Same arithmetic in another summation order (batch size, chunking, kernel blocking).
     ("torch", "fp32", "features"): 1e-5,
@@ -35,13 +35,23 @@ RELATIVE = {
     ("triton", "fp32", "features"): 1e-5,
     ("triton", "fp32", "latent"): 1e-5,
     ("triton", "fp32", "audio"): 1e-5,
+    # The fast path's audio against the official fixtures: the reference's bound.
+    ("torch", "fp32", "official_audio"): 1e-5,
     # design §4: reductions and attention.
     ("torch", "fp32", "reduction"): 1e-5,
     ("triton", "fp32", "reduction"): 1e-5,
     # SenseVoice's output against the official fixture (see ELEMENTWISE's entry).
     ("reference", "fp32", "semantic_features"): 1e-6,
+    # The reference DAC on a padded batch against each item alone: the same convolutions on
+    # another batch size, rounding level in either precision.
+    ("reference", "fp64", "latent"): 1e-12,
+    ("reference", "fp64", "audio"): 1e-12,
+    ("reference", "fp32", "latent"): 1e-5,
+    # Audio decoded from the official stored latent, which went through the straight-through
+    # sum z_e + (C - z_e), against the official audio decoded from the codes: measured ~2e-7.
+    ("reference", "fp32", "straight_through_audio"): 1e-6,
     # Dequantised vectors (gathered codebook rows, one projection per stage): no long
-    # reduction, measured ten times tighter than a reduction's bound.
+    # reduction; the RVQ tests have held them to a tenth of a reduction's bound.
     ("torch", "fp32", "dequantized"): 1e-6,
     ("triton", "fp32", "dequantized"): 1e-6,
     ("reference", "fp32", "dequantized"): 1e-6,
@@ -66,10 +76,16 @@ ELEMENTWISE = {
     # transformer layers (values O(1), each layer adds a reduction's error): atol 1e-5 as the
     # reference's audio against the official fixtures.
     ("torch", "fp32", "audio"): (1e-5, 1e-5),
-    ("triton", "fp32", "audio"): (1e-5, 1e-5),
-    ("reference", "fp32", "audio"): (0.0, 1e-5),
     ("torch", "fp32", "latent"): (1e-5, 1e-5),
     ("torch", "fp32", "features"): (1e-5, 1e-5),
+    # The Triton kernels under the interpreter (numpy's sin in Snake, exp-built tanh in FSQ,
+    # blocked attention) round differently from torch's ops in more places: the bound the
+    # Triton decode tests have held since they were written (rtol 1e-4).
+    ("triton", "fp32", "audio"): (1e-4, 1e-5),
+    # Audio against the official fixtures (max abs; RELATIVE bounds it as a whole): see
+    # RELATIVE's ("reference", "fp32", "audio"). The fast path is held to the same bound.
+    ("reference", "fp32", "audio"): (0.0, 1e-5),
+    ("torch", "fp32", "official_audio"): (0.0, 1e-5),
     # Snake's gradient w.r.t. x: sin(2 alpha x) in another order than autograd's.
     ("torch", "fp32", "gradient"): (1e-5, 1e-5),
     ("triton", "fp32", "gradient"): (1e-5, 1e-5),
@@ -81,6 +97,8 @@ ELEMENTWISE = {
     ("reference", "fp32", "semantic_features"): (0.0, 2e-5),
     # SenseVoice on a padded batch against each item alone.
     ("torch", "fp32", "semantic_features"): (0.0, 1e-5),
+    # The reference RVQ's sum of stages against the spec's loop in float64.
+    ("reference", "fp32", "quantized"): (1e-5, 1e-5),
     # Snake's gradient w.r.t. alpha sums B*T terms of both signs (cancellation): the torch
     # path sums as autograd does, up to order (a reduction); the Triton kernel sums per block
     # and then across blocks, judged against the largest element (atol_scale).
@@ -95,14 +113,18 @@ ELEMENTWISE = {
     # features that match the official to fp32 rounding (semantic_features), not of the
     # same features, so ten times NEAR_TIE; codes are still equal on every fixture.
     ("reference", "fp32", "official_similarity"): (0.0, 1e-5),
+    # Resampling: fp32 windowed-sinc sums (6 zero crossings each side) against the same
+    # filter evaluated in float64 ("reference"), and a batch against the item alone.
+    ("reference", "fp32", "resampled"): (0.0, 1e-5),
+    ("torch", "fp32", "resampled"): (0.0, 1e-6),
     # Kaldi fbank (log-mel, values O(10)) against torchaudio/the official fixtures: on the
     # fixture machine's CPU and ours bit-identical (the same fp32 operations as torchaudio);
     # atol leaves room for another CPU's FFT/GEMM rounding.
     ("reference", "fp32", "fbank"): (0.0, 1e-5),
     # A batched front end against one clip alone: same arithmetic, another batch size.
     ("torch", "fp32", "fbank"): (1e-6, 1e-6),
-    # Embedding gradients (index_add of fp32 rows in another order) and single
-    # transposed-conv frames (one dot product per output).
+    # Embedding gradients (index_add of fp32 rows in another order) and pointwise
+    # convolutions (one dot product per output).
     ("torch", "fp32", "single_reduction"): (1e-6, 1e-6),
     ("triton", "fp32", "single_reduction"): (1e-6, 1e-6),
     # bf16 attention of the torch path against the reference's bf16 SDPA (both bf16): 2e-2 is
@@ -115,14 +137,22 @@ ELEMENTWISE = {
     ("triton", "fp16", "snake"): (0.0, 4e-3),
 }
 
-# design §8: error against fp64 truth at most this multiple of the reference's error when
-# the reference itself runs in the same dtype.
+# design §8: error against the truth (fp64 where it is cheap, else the fp32 reference) at most
+# this multiple of the error of the reference itself run in the same dtype.
 SAME_PRECISION = {
     ("triton", "fp16", "attention"): 2.0,
     ("torch", "fp16", "attention"): 2.0,
     ("torch", "bf16", "attention"): 2.0,
     ("triton", "fp16", "snake"): 2.0,
+    # bf16 audio of the fast path against the reference's decode under bf16 autocast.
+    ("torch", "bf16", "audio"): 2.0,
 }
+
+# Share of codes equal to the fp32 reference's where a path runs in low precision: a floor,
+# not a measurement. bf16 SenseVoice features move quantizer decisions that lie within bf16's
+# spacing of a boundary, and a tiny model's few tokens make the share coarse (measured 1.0 on
+# both tiny test codecs on CPU); the full model's agreement is measured by the benchmarks.
+CODE_AGREEMENT = {("torch", "bf16", "semantic_codes"): 0.5}
 
 # design §4: a decision value (cosine vs tau, FSQ bounded value vs a half-integer, RVQ best vs
 # second-best score, a BSQ coordinate vs 0) within this of its threshold may fall either way;
