@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from responsive import responsive
+from tolerances import assert_elementwise
 
 import flexicodec_fast as ff
 from flexicodec_fast.fast import FastCodec, fast_decode, fast_encode, prepare_audio
@@ -39,13 +40,16 @@ def test_resampling_matches_a_direct_windowed_sinc(tiny):
     assert y.shape == (resampled_length(3000, sr),) == (math.ceil(3000 * 16000 / sr),)
     # Direct evaluation of the same filter: sum_n x[n] h(t - n / sr), Hann-windowed sinc.
     base, width = 16000 * 0.99, 6
-    for j in (0, 17, 1000, y.numel() - 1):
+    samples = [0, 17, 1000, y.numel() - 1]
+    want = []
+    for j in samples:
         t = j / 16000
         n = torch.arange(3000, dtype=torch.float64)
         u = ((t - n / sr) * base).clamp(-width, width)
         h = torch.where(u == 0, torch.ones_like(u), torch.sin(math.pi * u) / (math.pi * u))
         h = h * torch.cos(u * math.pi / width / 2) ** 2 * base / sr
-        assert abs(float((x.double() * h).sum()) - float(y[j])) < 1e-5
+        want.append((x.double() * h).sum())
+    assert_elementwise(y[samples].double(), torch.stack(want), "resampled", "reference")
 
 
 def test_other_sample_rates_and_channels(tiny):
@@ -70,7 +74,7 @@ def test_resampling_a_batch_ignores_what_lies_past_each_item():
     assert torch.equal(noisy, quiet)
     (single,), n = resample(audio[1, :20000], 24000, 16000)[None], int(noisy_lens[1])
     assert n == single.numel()
-    torch.testing.assert_close(noisy[1, :n], single, rtol=0, atol=1e-6)
+    assert_elementwise(noisy[1, :n], single, "resampled")
 
 
 def test_options_compose_per_item(tiny):
@@ -94,9 +98,7 @@ def test_options_compose_per_item(tiny):
             assert torch.equal(batch["token_lengths"][b, :g], alone["token_lengths"][0])
             # The threshold is one of the item's similarities, which batching may move by an
             # ulp (continuous outputs are equal within fp32 tolerance, design §4).
-            assert float(batch["thresholds"][b]) == pytest.approx(
-                float(alone["thresholds"][0]), abs=1e-6
-            )
+            assert_elementwise(batch["thresholds"][b], alone["thresholds"][0], "similarity")
             if window is not None:
                 continue
             # A boundary is `similarity <= threshold`, so the chosen similarity s* keeps the
@@ -172,7 +174,7 @@ def test_plan_is_rebuilt_when_weights_change():
     after = fast_decode(model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
     with torch.inference_mode():
         want = model.decode(enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
-    torch.testing.assert_close(after, want, rtol=1e-5, atol=1e-5)
+    assert_elementwise(after, want, "audio")
     assert not torch.equal(before, after)
 
 
@@ -248,11 +250,11 @@ def test_long_audio_in_chunks_equals_whole(monkeypatch, tiny, window):
     chunked = fast_encode(audio, tiny, **options)
     for key in ("token_lengths", "semantic_codes", "acoustic_codes"):
         assert torch.equal(chunked[key], whole[key]), key
-    torch.testing.assert_close(
-        chunked["semantic_features"], whole["semantic_features"], rtol=0, atol=1e-5
+    assert_elementwise(
+        chunked["semantic_features"], whole["semantic_features"], "semantic_features"
     )
     wav_chunked = fast_decode(tiny, *codes, attention_window=window)
-    torch.testing.assert_close(wav_chunked, wav, rtol=1e-5, atol=1e-5)
+    assert_elementwise(wav_chunked, wav, "audio")
 
 
 def test_fast_path_runs_without_optional_packages():
