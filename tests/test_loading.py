@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import save_file
+from tolerances import assert_elementwise
 
 import flexicodec_fast as ff
 from flexicodec_fast.reference.checkpoint import UNUSED_PREFIXES, build_from_state_dicts
@@ -248,13 +249,13 @@ def test_builtin_model_loads_offline_and_codes_speech_as_the_reference():
     with torch.inference_mode():
         ref = model.encode(audio, None, **options)
         want = model.decode(ref["semantic_codes"], ref["acoustic_codes"], ref["token_lengths"])
-    assert (ref["similarity"] - 0.91).abs().min() > 1e-3
+    assert (ref["similarity"] - 0.91).abs().min() > 1e-3  # far from a near-tie (NEAR_TIE)
     assert 0 < int(ref["total_frames"][0]) < 25 and ref["acoustic_codes"].shape[1] == 6
     enc = ff.fast_encode(audio, model, **options)
     for key in ("token_lengths", "total_frames", "semantic_codes", "acoustic_codes"):
         assert torch.equal(enc[key], ref[key]), key
     got = ff.fast_decode(model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"])
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_elementwise(got, want, "audio")
 
 
 class Payload:
