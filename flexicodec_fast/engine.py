@@ -225,6 +225,15 @@ class Engine:
             buckets.append(Bucket(samples, batch))
         return tuple(buckets)
 
+    def _batch_rows(self, bucket: Bucket, count: int) -> int:
+        """Rows a static batch of `count` items runs with: with CUDA graphs the next power of
+        two (at most the bucket's batch), so that a part-filled bucket, such as the last one
+        of a corpus, computes at most twice its items and each bucket captures at most
+        log2(batch) + 1 shapes; without graphs, the items themselves."""
+        if not self.cuda_graphs:
+            return count
+        return min(bucket.batch, 1 << (count - 1).bit_length())
+
     def bucket_for(self, samples: int) -> Bucket | None:
         """The smallest bucket that holds `samples` samples, or None (the clip runs alone)."""
         for bucket in self.buckets:
@@ -294,11 +303,11 @@ class Engine:
         samples = [c.shape[0] for c in clips]
         static = self.static_shapes
         if static and bucket is not None:
-            padded, batch = bucket.samples, (bucket.batch if self.cuda_graphs else len(clips))
+            padded, batch = bucket.samples, self._batch_rows(bucket, len(clips))
         else:
             # Per batch (or a clip too long for every bucket: its own shape, not graphed).
             padded, batch = max(samples), len(clips)
-        # Graph slots past the real clips hold silence of the bucket's length.
+        # Graph rows past the real clips hold silence of the bucket's length.
         lengths = samples + [padded] * (batch - len(clips))
         sizes = Sizes.of(self.model, lengths, padded, static=static)
 
@@ -423,7 +432,7 @@ class Engine:
         static = self.static_shapes
         if static and bucket is not None:
             t_max = groups = bucket.samples // hop
-            batch = bucket.batch if self.cuda_graphs else len(items)
+            batch = self._batch_rows(bucket, len(items))
         else:
             t_max, groups, batch = max(frames), max(c[2].shape[0] for c, _, _ in items), len(items)
         # Static shapes never skip masks: the same graph must serve every batch.

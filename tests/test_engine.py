@@ -228,3 +228,14 @@ def test_cuda_graph_engine_equals_eager_and_reference():
     for r, audio in zip(got, decoded, strict=True):
         want = fast_decode(model, r["semantic_codes"], r["acoustic_codes"], r["token_lengths"])
         assert_audio_close(audio, want[0, 0].cpu())
+
+
+def test_graphed_batches_round_up_to_powers_of_two(model):
+    """With CUDA graphs a part-filled bucket runs at the next power of two rows (at most
+    the bucket's batch): at most twice the work, and log2(batch) + 1 shapes a bucket."""
+    engine = Engine(model, bucket_seconds=(1.0,), max_batch=6)
+    bucket = engine.buckets[0]
+    assert bucket.batch == 6
+    assert [engine._batch_rows(bucket, n) for n in range(1, 7)] == [1, 2, 3, 4, 5, 6]
+    engine.cuda_graphs = True  # what a CUDA device turns on
+    assert [engine._batch_rows(bucket, n) for n in range(1, 7)] == [1, 2, 4, 4, 6, 6]
