@@ -333,10 +333,11 @@ def _expand(latent, token_lengths):
 def test_decoded_audio_matches_official(dac, bottleneck, fixture_outputs, clip, th):
     """decoded_audio = dac.decoder(bottleneck(repeat(latent, token_lengths))).
 
-    nq=1: the stored decoder_latent is the decoder input: bit-exact. nq=4: the official decode
+    nq=1: the stored decoder_latent is the decoder input. nq=4: the official decode
     rebuilds the acoustic part with `from_codes` (raw codebook rows), while the stored latent
     went through the straight-through sum `z_e + (C - z_e)` (rounded differently): from the
-    codes it is bit-exact, from the stored latent within ~2e-7.
+    codes as the official decode (bit-exact on the fixture's CPU; see the tolerance table's
+    `official_dac_audio` for other CPUs), from the stored latent within ~2e-7.
     """
     out = fixture_outputs
     p1, p4 = f"{clip}/th{th}/nq1/", f"{clip}/th{th}/nq4/"
@@ -346,11 +347,11 @@ def test_decoded_audio_matches_official(dac, bottleneck, fixture_outputs, clip, 
     with torch.no_grad():
         semantic = out[p1 + "decoder_latent"]
         audio = dac.decode_latent(bottleneck(_expand(semantic, lengths)))
-        assert torch.equal(audio, out[p1 + "decoded_audio"])
+        assert_close(audio, out[p1 + "decoded_audio"], "official_dac_audio", "reference")
 
         latent = semantic + dac.quantizer.from_codes(out[p4 + "acoustic_codes"])
         audio = dac.decode_latent(bottleneck(_expand(latent, lengths)))
-        assert torch.equal(audio, out[p4 + "decoded_audio"])
+        assert_close(audio, out[p4 + "decoded_audio"], "official_dac_audio", "reference")
 
         stored = dac.decode_latent(bottleneck(_expand(out[p4 + "decoder_latent"], lengths)))
         assert_close(stored, out[p4 + "decoded_audio"], "straight_through_audio", "reference")
@@ -358,7 +359,8 @@ def test_decoded_audio_matches_official(dac, bottleneck, fixture_outputs, clip, 
 
 @pytest.mark.parametrize("th", ["1", "0.85"])
 def test_official_unmasked_batch_decode_is_reproduced(dac, bottleneck, fixture_outputs, th):
-    """Without lengths nothing is masked, as in the official batched decode: bit-exact."""
+    """Without lengths nothing is masked, as in the official batched decode (bit-exact on
+    the fixture's CPU)."""
     out = fixture_outputs
     p1, p4 = f"batch/th{th}/nq1/", f"batch/th{th}/nq4/"
     token_lengths = out[p4 + "token_lengths"]
@@ -367,4 +369,5 @@ def test_official_unmasked_batch_decode_is_reproduced(dac, bottleneck, fixture_o
         items = [_expand(latent[b : b + 1], token_lengths[b]) for b in range(latent.shape[0])]
         frames = max(x.shape[-1] for x in items)
         z = torch.cat([nn.functional.pad(x, (0, frames - x.shape[-1])) for x in items])
-        assert torch.equal(dac.decode_latent(bottleneck(z)), out[p4 + "decoded_audio"])
+        got = dac.decode_latent(bottleneck(z))
+        assert_close(got, out[p4 + "decoded_audio"], "official_dac_audio", "reference")

@@ -59,6 +59,15 @@ RELATIVE = {
     # bit-exact; the official audio itself moves by 1.5e-7 between thread counts (fixture
     # README), so 1e-5 leaves room for other CPUs.
     ("reference", "fp32", "audio"): 1e-5,
+    # The official fixtures were recorded on another machine, and MKL and oneDNN choose their
+    # FFT, GEMM and convolution kernels by CPU. On the fixture's CPU (and the AMD EPYC
+    # machines of earlier sessions) the reference's front end and decoder reproduce them bit
+    # for bit; on an Intel Xeon with AVX-512 (measured 2026-12-07) the decoded audio differs
+    # by at most 1.8e-7 (relative 1.6e-7) and the CMVN-normalised fbank by relative 1.7e-6,
+    # single log-mel bins near the power floor by up to 2.3e-4 (so no element-wise bound
+    # holds across CPUs there). Codes stay identical (test_conformance).
+    ("reference", "fp32", "official_fbank"): 1e-5,
+    ("reference", "fp32", "official_dac_audio"): 1e-6,
 }
 
 # Element-wise (rtol, atol) against the fp32 reference.
@@ -117,10 +126,6 @@ ELEMENTWISE = {
     # filter evaluated in float64 ("reference"), and a batch against the item alone.
     ("reference", "fp32", "resampled"): (0.0, 1e-5),
     ("torch", "fp32", "resampled"): (0.0, 1e-6),
-    # Kaldi fbank (log-mel, values O(10)) against torchaudio/the official fixtures: on the
-    # fixture machine's CPU and ours bit-identical (the same fp32 operations as torchaudio);
-    # atol leaves room for another CPU's FFT/GEMM rounding.
-    ("reference", "fp32", "fbank"): (0.0, 1e-5),
     # A batched front end against one clip alone: same arithmetic, another batch size.
     ("torch", "fp32", "fbank"): (1e-6, 1e-6),
     # Embedding gradients (index_add of fp32 rows in another order) and pointwise
