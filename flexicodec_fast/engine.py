@@ -167,18 +167,16 @@ class Engine:
             model = copy.deepcopy(model).to(self.device)
         model.eval()
         self.model = model
-        if options is None:
-            options = EncodeOptions(
-                num_quantizers=num_quantizers,
-                merging_threshold=merging_threshold,
-                target_frame_rate=target_frame_rate,
-                precision=precision,
-                backend=backend,
-                attention_window=attention_window,
-                mix_down=mix_down,
-            )
-        elif not isinstance(options, EncodeOptions):
-            raise InputError(f"options: expected an EncodeOptions or None, got {describe(options)}")
+        options = EncodeOptions.given(
+            options,
+            num_quantizers=num_quantizers,
+            merging_threshold=merging_threshold,
+            target_frame_rate=target_frame_rate,
+            precision=precision,
+            backend=backend,
+            attention_window=attention_window,
+            mix_down=mix_down,
+        )
         if options.dither != 0.0:
             raise InputError(
                 f"options.dither: the engine is deterministic (dither 0), got {options.dither}; "

@@ -644,20 +644,17 @@ def fast_encode(
     which `fast_decode(..., output_length=..., sample_rate=...)` takes back.
     """
     model = resolve_model(model)
-    if options is None:
-        options = EncodeOptions(
-            num_quantizers=num_quantizers,
-            merging_threshold=merging_threshold,
-            target_frame_rate=target_frame_rate,
-            precision=precision,
-            backend=backend,
-            attention_window=attention_window,
-            dither=dither,
-            mix_down=mix_down,
-        )
-    elif not isinstance(options, EncodeOptions):
-        raise InputError(f"options: expected an EncodeOptions or None, got {describe(options)}")
-    options = options.for_model(model, stacklevel=2)
+    options = EncodeOptions.given(
+        options,
+        num_quantizers=num_quantizers,
+        merging_threshold=merging_threshold,
+        target_frame_rate=target_frame_rate,
+        precision=precision,
+        backend=backend,
+        attention_window=attention_window,
+        dither=dither,
+        mix_down=mix_down,
+    ).for_model(model, stacklevel=2)
     device = next(model.parameters()).device
     source_lens = _source_lengths(audio, audio_lens)
     audio, audio_lens = prepare_audio(audio, audio_lens, sample_rate, options.mix_down, device)

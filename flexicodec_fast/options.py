@@ -113,6 +113,16 @@ class EncodeOptions:
         if not isinstance(self.mix_down, bool):
             raise InputError(f"mix_down: expected True or False, got {describe(self.mix_down)}")
 
+    @classmethod
+    def given(cls, options, **settings) -> EncodeOptions:
+        """`options` when the caller passed one, else the options its keyword `settings`
+        make: what `fast_encode` and the `Engine` take either way."""
+        if options is None:
+            return cls(**settings)
+        if not isinstance(options, cls):
+            raise InputError(f"options: expected an EncodeOptions or None, got {describe(options)}")
+        return options
+
     @property
     def bands(self) -> AttentionBands | None:
         return attention_bands(self.attention_window)

@@ -70,3 +70,11 @@ def test_attention_bands_from_seconds():
     # bottleneck frames 12.5.
     assert (bands.sensevoice, bands.aggregator, bands.bottleneck) == (34, 50, 25)
     assert attention_bands(None) is None
+
+
+def test_given_options_or_keywords():
+    mine = EncodeOptions(num_quantizers=2)
+    assert EncodeOptions.given(mine, num_quantizers=5) is mine
+    assert EncodeOptions.given(None, num_quantizers=5) == EncodeOptions(num_quantizers=5)
+    with pytest.raises(InputError, match="options: expected an EncodeOptions or None"):
+        EncodeOptions.given({"num_quantizers": 2})
