@@ -301,7 +301,9 @@ class Sizes:
     fbank_max, feature_max, semantic_max, frame_max: the fbank, LFR, 12.5 Hz semantic and
     codec frame axes of the batch; `static` sizes them by `padded` (the engine's buckets:
     the same shapes for every batch of a bucket), else by the longest item.
-    features_full, hops_full, frames_full: every item fills that axis, so nothing is masked.
+    features_full, hops_full, frames_full: every item fills that axis, so nothing is masked
+    (never with `static`: every batch of a bucket must run the same code, CUDA graph
+    included, whatever its items' lengths).
     """
 
     samples: tuple[int, ...]
@@ -332,6 +334,7 @@ class Sizes:
         longest = padded if static else max(samples)
         feature_max = features(longest)
         frame_max = frames(longest)
+        dynamic = not static
         return cls(
             samples=samples,
             padded=padded,
@@ -339,9 +342,9 @@ class Sizes:
             feature_max=feature_max,
             semantic_max=_semantic_frames(feature_max, factor),
             frame_max=frame_max,
-            features_full=all(features(n) == feature_max for n in samples),
-            hops_full=all(-(-n // hop) >= -(-padded // hop) for n in samples),
-            frames_full=all(frames(n) == frame_max for n in samples),
+            features_full=dynamic and all(features(n) == feature_max for n in samples),
+            hops_full=dynamic and all(-(-n // hop) >= -(-padded // hop) for n in samples),
+            frames_full=dynamic and all(frames(n) == frame_max for n in samples),
         )
 
 

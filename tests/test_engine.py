@@ -8,7 +8,7 @@ from tolerances import CODE_KEYS, assert_audio_close, assert_close, assert_codes
 
 from flexicodec_fast import EncodeOptions, Engine, InputError
 from flexicodec_fast.engine import activation_bytes_per_sample
-from flexicodec_fast.fast import fast_decode, fast_encode
+from flexicodec_fast.fast import Sizes, fast_decode, fast_encode
 from flexicodec_fast.host_syncs import HostSyncCounter
 from flexicodec_fast.tiny import random_tiny_model
 
@@ -239,3 +239,14 @@ def test_graphed_batches_round_up_to_powers_of_two(model):
     assert [engine._batch_rows(bucket, n) for n in range(1, 7)] == [1, 2, 3, 4, 5, 6]
     engine.cuda_graphs = True  # what a CUDA device turns on
     assert [engine._batch_rows(bucket, n) for n in range(1, 7)] == [1, 2, 4, 4, 6, 6]
+
+
+def test_static_sizes_never_skip_masks(model):
+    """A bucket's batches share one code path (one CUDA graph): a batch whose clips all fill
+    the bucket must not drop the masks another batch of that bucket needs."""
+    n = 16640
+    static = Sizes.of(model, [n, n], n, static=True)
+    assert not (static.features_full or static.hops_full or static.frames_full)
+    alone = Sizes.of(model, [n, n], n, static=False)
+    assert alone.features_full and alone.hops_full and alone.frames_full
+    assert (static.frame_max, static.feature_max) == (alone.frame_max, alone.feature_max)
