@@ -40,7 +40,9 @@ def sinusoidal_position_encoding(length: int, dim: int, device=None) -> torch.Te
     `exp(-i ln(10000) / (dim/2 - 1))`. Computed with the official float32 operations.
     """
     positions = torch.arange(1, length + 1, device=device, dtype=torch.float32)
-    increment = torch.log(torch.tensor([10000.0], device=device)) / (dim / 2 - 1)
+    # Filled on the device, not copied from the host: the same float32 value, and nothing a
+    # CUDA graph capture would refuse.
+    increment = torch.full((1,), 10000.0, device=device).log() / (dim / 2 - 1)
     inv_timescales = torch.exp(
         torch.arange(dim // 2, device=device, dtype=torch.float32) * -increment
     )
