@@ -49,6 +49,12 @@ def main(argv=None) -> int:
         help="torch's CPU threads (default: torch's choice); on a loaded shared machine 1 "
         "avoids OpenMP threads waiting on each other",
     )
+    parser.add_argument(
+        "--shapes",
+        choices=("auto", "static", "dynamic"),
+        default="auto",
+        help="the engine's static_shapes (auto: its default, dynamic on a CPU)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -64,7 +70,8 @@ def main(argv=None) -> int:
     lengths = corpus_lengths(*CORPUS[args.size])
     clips = [synthetic_speech(s, seed=100 + i) for i, s in enumerate(lengths)]
     audio_seconds = sum(c.shape[0] for c in clips) / 16000
-    engine = Engine(model, **options)
+    static = {"auto": None, "static": True, "dynamic": False}[args.shapes]
+    engine = Engine(model, static_shapes=static, **options)
 
     def loop():
         return [fast_encode(c[None], model, **options) for c in clips]

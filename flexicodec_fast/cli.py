@@ -90,7 +90,7 @@ FRAME_RATE = _ranged(float, 0.0, 12.5, low_open=True, what="a rate in (0, 12.5] 
 SECONDS = _ranged(float, 0.0, None, low_open=True, what="a number of seconds > 0")
 
 
-def _load_model(args, allow_random: bool = False):
+def load_model(args, allow_random: bool = False):
     """The model named by --checkpoint/--config, else the built-in one; the demo alone
     falls back to a random tiny model. Returns the model and where it came from:
     "checkpoint", "builtin" or "random"."""
@@ -135,7 +135,7 @@ def cmd_demo(args) -> int:
         audio = read_source(args.audio, mix_down=True).audio[None]
     except InputError as e:
         raise InputError(f"--audio {args.audio}: {e}") from None
-    model, origin = _load_model(args, allow_random=True)
+    model, origin = load_model(args, allow_random=True)
     if origin == "random":
         print(
             "NOTE: the built-in trained model is not bundled yet; running a RANDOMLY INITIALISED "
@@ -232,7 +232,7 @@ def cmd_encode(args) -> int:
 
     options = _encode_options(args)
     _check_paths(args, AUDIO_SUFFIXES)
-    model, _ = _load_model(args)
+    model, _ = load_model(args)
     report = encode_files(
         model,
         args.paths,
@@ -251,7 +251,7 @@ def cmd_decode(args) -> int:
     from .jobs import decode_files
 
     _check_paths(args, (SUFFIX,))
-    model, _ = _load_model(args)
+    model, _ = load_model(args)
     report = decode_files(
         model,
         args.paths,
@@ -296,7 +296,7 @@ def cmd_info(args) -> int:
     return status
 
 
-def _model_options(p):
+def add_model_options(p):
     p.add_argument(
         "--checkpoint",
         help="FlexiCodec weights (.safetensors or weights-only .pt; anything prepare_model's "
@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--audio", type=Path, default=DEMO_CLIP, help="audio file (any rate)")
     demo.add_argument("--out", type=Path, default=Path("out"), help="output folder")
     _rate_options(demo)
-    _model_options(demo)
+    add_model_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     enc = sub.add_parser(
@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         "those stop the run)",
     )
     enc.add_argument("--quiet", action="store_true", help="no progress bar")
-    _model_options(enc)
+    add_model_options(enc)
     enc.set_defaults(func=cmd_encode)
 
     dec = sub.add_parser(
@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace existing WAVs (without it: skipped)"
     )
     dec.add_argument("--quiet", action="store_true", help="no progress bar")
-    _model_options(dec)
+    add_model_options(dec)
     dec.set_defaults(func=cmd_decode)
 
     info = sub.add_parser(

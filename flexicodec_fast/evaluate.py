@@ -313,7 +313,7 @@ def write_report(report: dict, out: Path) -> dict[str, Path]:
 
 
 def cmd_eval(args) -> int:
-    from .cli import _load_model
+    from .cli import load_model
     from .jobs import AUDIO_SUFFIXES, collect
 
     found = collect(args.paths, AUDIO_SUFFIXES)
@@ -324,7 +324,7 @@ def cmd_eval(args) -> int:
         )
     settings = [Setting(threshold=t) for t in args.threshold or ()]
     settings += [Setting(target_frame_rate=r) for r in args.target_frame_rate or ()]
-    model, _ = _load_model(args)
+    model, _ = load_model(args)
     report = evaluate(
         model,
         [path for path, _ in found],
@@ -341,7 +341,7 @@ def cmd_eval(args) -> int:
 
 
 def add_eval_parser(sub) -> None:
-    from .cli import _model_options
+    from .cli import add_model_options
 
     p = sub.add_parser(
         "eval",
@@ -367,5 +367,5 @@ def add_eval_parser(sub) -> None:
         "not above HZ)",
     )
     p.add_argument("--num-quantizers", type=int, help="1 semantic + N-1 acoustic (default: all)")
-    _model_options(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_eval)

@@ -71,7 +71,7 @@ from .reference.frontend import LFR_N, SHIFT, WINDOW, num_fbank_frames
 from .reference.frontend import check_audio as check_frontend_audio
 from .reference.merging import Segmentation, group_means, group_starts
 from .reference.merging import segment as reference_segment
-from .reference.model import FlexiCodec, _mask_after
+from .reference.model import FlexiCodec, mask_after
 from .reference.resample import downsample_semantic
 from .reference.result import EncodeResult
 from .resampling import resample, resampled_length
@@ -240,7 +240,7 @@ class FastCodec:
                 backend=self.backend,
             )
         decoded = model.decompress(quantized.transpose(1, 2), num_groups)
-        return _mask_after(codes.unsqueeze(1), num_groups), decoded
+        return mask_after(codes.unsqueeze(1), num_groups), decoded
 
     def decode_semantic(self, codes: torch.Tensor, num_groups: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -403,7 +403,7 @@ def acoustic(fast: FastCodec, audio, lens, sizes: Sizes):
     hop = model.hop_length
     # The encoder masks whole hops: the samples between an item's end and its last hop
     # boundary must be the zeros it is padded with alone, not whatever the batch holds there.
-    padded = F.pad(_mask_after(audio.unsqueeze(1), lens), (0, -audio.shape[1] % hop))
+    padded = F.pad(mask_after(audio.unsqueeze(1), lens), (0, -audio.shape[1] % hop))
     hop_lens = None if sizes.hops_full else model.dac.num_frames(lens) * hop
     return fast.encoder(padded, hop_lens).float()
 
@@ -413,7 +413,7 @@ def align(fast: FastCodec, sem, sem_lens, ac, lens, sizes: Sizes):
     frames `[B]`, and those frames)."""
     frames = torch.minimum(sem_lens, fast.model.dac.num_frames(lens))
     t = sizes.frame_max
-    return _mask_after(sem[..., :t], frames), _mask_after(ac[..., :t], frames), frames
+    return mask_after(sem[..., :t], frames), mask_after(ac[..., :t], frames), frames
 
 
 def _binary_search_steps(frames: int) -> int:
@@ -557,7 +557,7 @@ def encode_stages(
         seg.num_groups,
         seg.similarity,
         sem,
-        _mask_after(latent, seg.num_groups),
+        mask_after(latent, seg.num_groups),
         thresholds,
     )
 

@@ -35,7 +35,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def _sensevoice_files(path: str | Path | None):
+def sensevoice_files(path: str | Path | None):
     """(state dict or None, config or None, am.mvn path) from a SenseVoiceSmall folder."""
     if path is None:
         return None, None, DEFAULT_CMVN_PATH
@@ -109,7 +109,7 @@ def prepare_model(
     config = FlexiCodecConfig.from_yaml(hub.local_file(config_path, "config_path"))
     checkpoint = read_state_dict(ckpt_path, "ckpt_path")
     sensevoice_folder = hub.local_folder(sensevoice_small_path, "sensevoice_small_path")
-    sv_state, sv_config, cmvn = _sensevoice_files(sensevoice_folder)
+    sv_state, sv_config, cmvn = sensevoice_files(sensevoice_folder)
     model, report = build_from_state_dicts(config, checkpoint, sv_state, sv_config, cmvn)
     log.info("loaded %s: %s", ckpt_path, report.summary())
     model.load_report = report

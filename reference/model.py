@@ -44,7 +44,7 @@ def _is_int_tensor(x) -> bool:
     )
 
 
-def _mask_after(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def mask_after(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Zero `x` `[B, C, L]` at positions `>= lengths[b]`."""
     valid = torch.arange(x.shape[-1], device=x.device).view(1, 1, -1) < lengths.view(-1, 1, 1)
     return x * valid.to(x.dtype)
@@ -234,7 +234,7 @@ class FlexiCodec(nn.Module):
         frames, frames `[B]`), T the longest item's."""
         frames = torch.minimum(sem_lens, self.dac.num_frames(audio_lens).to(sem_lens.device))
         t_max = int(frames.max())
-        return _mask_after(sem[..., :t_max], frames), _mask_after(ac[..., :t_max], frames), frames
+        return mask_after(sem[..., :t_max], frames), mask_after(ac[..., :t_max], frames), frames
 
     def segment(self, sem: torch.Tensor, frames: torch.Tensor, threshold: float) -> Segmentation:
         """Merging of sem `[B, 512, T]` at `threshold`, or the fixed windows."""
@@ -268,29 +268,29 @@ class FlexiCodec(nn.Module):
     def _convnext(self, stack: nn.Sequential, x: torch.Tensor, lengths: torch.Tensor):
         """Run a ConvNeXt stack on `[B, C, G]` tokens, re-zeroing padded tokens after every
         block so the k=7 convolutions see the zeros a single item would be padded with."""
-        x = _mask_after(x, lengths)
+        x = mask_after(x, lengths)
         for layer in stack:
-            x = _mask_after(layer(x), lengths)
+            x = mask_after(layer(x), lengths)
         return x
 
     def compress(self, tokens: torch.Tensor, num_groups: torch.Tensor) -> torch.Tensor:
         """Semantic tokens `[B, 512, G]` -> quantizer input `[B, convnext_dim, G]` (ConvNeXt,
         or the focal compressor), zero past `num_groups`."""
         if self.config.compressor == "focal":
-            return self.compressor(_mask_after(tokens, num_groups), num_groups)
+            return self.compressor(mask_after(tokens, num_groups), num_groups)
         return self._convnext(self.convnext_encoder, tokens, num_groups)
 
     def decompress(self, quantized: torch.Tensor, num_groups: torch.Tensor) -> torch.Tensor:
         """Quantized `[B, convnext_dim, G]` -> semantic latent `[B, latent, G]`."""
         if self.config.compressor == "focal":
-            return self.decompressor(_mask_after(quantized, num_groups), num_groups)
+            return self.decompressor(mask_after(quantized, num_groups), num_groups)
         return self._convnext(self.convnext_decoder, quantized, num_groups)
 
     def quantize_semantic(self, tokens: torch.Tensor, num_groups: torch.Tensor):
         """`[B, 512, G]` -> (codes `[B, 1, G]` int32, decoded semantic latent `[B, latent, G]`)."""
         quantized, codes = self.semantic_vq(self.compress(tokens, num_groups))
         decoded = self.decompress(quantized, num_groups)
-        return _mask_after(codes, num_groups), decoded
+        return mask_after(codes, num_groups), decoded
 
     def quantize(self, sem_tokens, ac_tokens, num_groups, num_quantizers: int):
         """Tokens `[B, 512, G]` x2 -> (semantic codes `[B, 1, G]` int32, acoustic codes
@@ -306,7 +306,7 @@ class FlexiCodec(nn.Module):
             quantized, codes, *_ = self.dac.quantizer(residual, first, stages)
         else:
             quantized, codes, *_ = self.dac.quantizer(residual, stages)
-        return semantic_codes, _mask_after(codes, num_groups), quantized + sem_decoded
+        return semantic_codes, mask_after(codes, num_groups), quantized + sem_decoded
 
     def first_stage_codes(self, ac_tokens: torch.Tensor, num_groups: torch.Tensor):
         """Stage-0 codes `[B, G]` at inference (`semantic_rvq`): SPD's predictions from the
@@ -384,7 +384,7 @@ class FlexiCodec(nn.Module):
             seg.num_groups,
             seg.similarity,
             sem,
-            _mask_after(latent, seg.num_groups),
+            mask_after(latent, seg.num_groups),
         )
 
     # ----------------------------------------------------------------------------- decode

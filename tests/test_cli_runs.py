@@ -175,7 +175,7 @@ def test_truncated_file_is_an_error_unless_allowed(tmp_path, corpus, model, mode
 def test_usage_errors_come_before_any_work(
     tmp_path, corpus, monkeypatch, capsys, command, case, message
 ):
-    monkeypatch.setattr(cli, "_load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("no audio here")
     (tmp_path / "codes").mkdir()
@@ -194,7 +194,7 @@ def test_usage_errors_come_before_any_work(
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_unwritable_output_folder_is_a_usage_error(tmp_path, corpus, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     out = tmp_path / "locked"
     out.mkdir(mode=0o555)
     assert main(["encode", str(corpus), "-o", str(out)]) == 2

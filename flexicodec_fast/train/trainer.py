@@ -45,7 +45,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..loading import _sensevoice_files, prepare_model, resolve_device
+from ..loading import prepare_model, resolve_device, sensevoice_files
 from ..reference.checkpoint import (
     SENSEVOICE_PREFIX,
     TRAINING_HEADS,
@@ -174,7 +174,7 @@ def _device(device: str | torch.device) -> torch.device:
 
 def _sensevoice_weights(folder):
     """(SenseVoice state dict without unused keys, its config, am.mvn path) of a folder."""
-    state, config, cmvn = _sensevoice_files(folder)
+    state, config, cmvn = sensevoice_files(folder)
     if state is None:
         raise CheckpointError(f"sensevoice_path: no model.pt in {str(folder)!r}")
     state = {k: v for k, v in state.items() if not k.startswith(SENSEVOICE_UNUSED_PREFIXES)}
