@@ -182,7 +182,6 @@ class Engine:
                 f"options.dither: the engine is deterministic (dither 0), got {options.dither}; "
                 "use fast_encode for the official random front-end"
             )
-        self.options = options.for_model(model, stacklevel=2)
         if errors not in ("raise", "yield"):
             raise InputError(f"errors: expected 'raise' or 'yield', got {errors!r}")
         self.errors = errors
@@ -193,8 +192,10 @@ class Engine:
         on_cuda = self.device.type == "cuda"
         self.static_shapes = on_cuda if static_shapes is None else bool(static_shapes)
         self.cuda_graphs = bool(cuda_graphs) and on_cuda and self.static_shapes
-        self.fast = FastCodec.for_model(model, self.options.backend, self.options.precision)
         self.buckets = self._grid(bucket_seconds, memory_budget, max_batch)
+        # Resolved after every argument check: a bad argument is an error, not a warning first.
+        self.options = options.for_model(model, stacklevel=2)
+        self.fast = FastCodec.for_model(model, self.options.backend, self.options.precision)
         self.stats = EngineStats()
         self._graphs: dict = {}
         self._pool = None

@@ -184,7 +184,9 @@ def test_bad_engine_arguments(model, kwargs, match):
 def test_bucket_batch_sizes_follow_the_memory_budget(model):
     per_sample = activation_bytes_per_sample(model)
     budget = per_sample * 16000 * 3  # three 1 s clips
-    engine = Engine(model, bucket_seconds=(0.5, 1.0), memory_budget=budget, max_batch=64)
+    engine = Engine(
+        model, num_quantizers=None, bucket_seconds=(0.5, 1.0), memory_budget=budget, max_batch=64
+    )
     # Bucket lengths are whole hops (the codec frames), batches what fits the budget.
     hop = model.hop_length
     half, one = (-(-n // hop) * hop for n in (8000, 16000))
@@ -233,7 +235,7 @@ def test_cuda_graph_engine_equals_eager_and_reference():
 def test_graphed_batches_round_up_to_powers_of_two(model):
     """With CUDA graphs a part-filled bucket runs at the next power of two rows (at most
     the bucket's batch): at most twice the work, and log2(batch) + 1 shapes a bucket."""
-    engine = Engine(model, bucket_seconds=(1.0,), max_batch=6)
+    engine = Engine(model, num_quantizers=None, bucket_seconds=(1.0,), max_batch=6)
     bucket = engine.buckets[0]
     assert bucket.batch == 6
     assert [engine._batch_rows(bucket, n) for n in range(1, 7)] == [1, 2, 3, 4, 5, 6]
