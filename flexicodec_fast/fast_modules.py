@@ -152,7 +152,10 @@ class FastSenseVoice:
         n_prompt = len(PROMPT_ROWS)
         if window is not None and window >= n_prompt + length - 1:
             window = None
-        prompt = module.embed.weight[list(PROMPT_ROWS)].expand(batch, -1, -1)
+        # Rows by integer slices, not a list index (a list becomes an index tensor copied
+        # from the host, which a CUDA graph capture refuses); the same values.
+        weight = module.embed.weight
+        prompt = torch.cat([weight[r : r + 1] for r in PROMPT_ROWS]).expand(batch, -1, -1)
         x = torch.cat([prompt, feats], dim=1) * cfg.output_size**0.5
         x.add_(sinusoidal_position_encoding(n_prompt + length, cfg.input_size, x.device))
         mask = None
