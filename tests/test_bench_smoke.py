@@ -104,6 +104,10 @@ def test_tiny_suite_records_workload_and_ratios(bench_json):
             assert "speedup_vs_reference" in info, b["name"]
     ops = {b["extra_info"]["op"] for b in benchmarks}
     assert KERNEL_OPS | {"encode", "decode", "roundtrip"} <= ops
+    engine_providers = {
+        b["extra_info"]["provider"] for b in benchmarks if b["name"].startswith("test_engine")
+    }
+    assert engine_providers == {"reference", "loop", "engine"}, engine_providers
     providers = {(b["extra_info"]["op"], b["extra_info"]["provider"]) for b in benchmarks}
     for op in WITH_OFFICIAL:
         assert {(op, "reference"), (op, "official"), (op, "torch")} <= providers
@@ -111,8 +115,9 @@ def test_tiny_suite_records_workload_and_ratios(bench_json):
         info = b["extra_info"]
         if info["op"] in ("encode", "decode", "roundtrip"):
             assert "peak_rss_bytes" in info and "frame_rate_hz" in info
-        if info["op"] == "encode" and info["provider"] == "torch":
-            assert info["codes_identical_to_reference"] is True
+        if info["op"] == "encode" and info["provider"] in ("torch", "loop", "engine"):
+            # The per-file loop and the engine (bench/test_bench_engine.py) too.
+            assert info["codes_identical_to_reference"] is True, b["name"]
         if info["op"] == "decode" and info["provider"] == "torch-bf16":
             assert {"bf16_audio_vs_fp32_rel_l2", "bf16_audio_vs_fp32_snr_db"} <= info.keys()
         if info["op"] == "encode" and info["provider"] == "torch-bf16":
