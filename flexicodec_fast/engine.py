@@ -332,14 +332,13 @@ class Engine:
     def _split_encoded(out: EncodeResult, sources: list) -> list[EncodeResult]:
         """One transfer, then each item cut on the host to its own tokens and frames, with
         the input lengths `fast_encode` records."""
-        host = {k: (None if v is None else v.to("cpu")) for k, v in out.items()}
+        host = EncodeResult({k: (None if v is None else v.to("cpu")) for k, v in out.items()})
+        # Counts read with numpy: plain host memory, no tensor op that would count as a sync.
         groups = host["total_frames"].numpy()
         frames = host["token_lengths"].numpy().sum(axis=1)
         results = []
         for b, (audio, source_length, sample_rate) in enumerate(sources):
-            one = EncodeResult(
-                {k: (None if v is None else v[b : b + 1]) for k, v in host.items()}
-            ).trimmed(int(groups[b]), int(frames[b]))
+            one = host.item(b, int(groups[b]), int(frames[b]))
             # Each result owns its memory: a view would keep the whole batch alive.
             one = EncodeResult(
                 {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in one.items()}

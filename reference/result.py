@@ -76,11 +76,14 @@ class EncodeResult(dict):
         out["semantic_features"] = out["semantic_features"][..., :frames]
         return out
 
-    def item(self, b: int) -> EncodeResult:
+    def item(self, b: int, groups: int | None = None, frames: int | None = None) -> EncodeResult:
         """Item `b` alone, with the shapes (`B = 1`, its own G and T) and values a batch of
-        that one item gives. Reads its token and frame counts on the host."""
-        groups = int(self["total_frames"][b])
-        frames = int(self["token_lengths"][b].sum())
+        that one item gives. Its token and frame counts are read from the tensors unless the
+        caller already knows them (`groups`, `frames`)."""
+        if groups is None:
+            groups = int(self["total_frames"][b])
+        if frames is None:
+            frames = int(self["token_lengths"][b].sum())
         one = EncodeResult(
             {k: (v[b : b + 1] if isinstance(v, torch.Tensor) else v) for k, v in self.items()}
         )
