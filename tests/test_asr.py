@@ -1,16 +1,15 @@
 """The small phoneme recogniser (flexicodec_fast.asr) and the corpus script, CI-sized."""
 
-import importlib.util
 import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
+from make_corpus_module import load_make_corpus
 
 from flexicodec_fast.asr import (
     DEFAULT_RECOGNIZER_CONFIG,
@@ -34,17 +33,6 @@ TINY = SenseVoiceConfig(output_size=32, attention_heads=4, linear_units=32, num_
 TINY_FLAGS = ["--output-size", "32", "--heads", "4", "--linear-units", "32", "--num-blocks", "2"]
 # Synthetic "phonemes": 120 ms tones, one frequency each, far apart on the mel scale.
 TONES = {"a": 300.0, "b": 800.0, "c": 1800.0, "d": 3500.0}
-
-
-def load_make_corpus():
-    spec = importlib.util.spec_from_file_location(
-        "make_corpus", ROOT / "scripts" / "make_corpus.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    # Registered so its functions pickle by name into the synthesis worker processes.
-    sys.modules["make_corpus"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_forward_shapes_and_key_layout():

@@ -3,18 +3,17 @@
 No network: package trees are built in tmp_path in the layout `dpkg -x` leaves."""
 
 import gzip
-import importlib.util
 import json
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from make_corpus_module import load_make_corpus
 
 from flexicodec_fast import augment as aug
 from flexicodec_fast.reference.errors import InputError
@@ -28,13 +27,7 @@ HAVE_ESPEAK = shutil.which("espeak-ng") is not None
 
 @pytest.fixture(scope="module")
 def mc():
-    spec = importlib.util.spec_from_file_location(
-        "make_corpus", ROOT / "scripts" / "make_corpus.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_corpus"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_make_corpus()
 
 
 def tone(freq: float, seconds: float = 1.0, sr: int = SR, amp: float = 0.5) -> torch.Tensor:
