@@ -28,7 +28,6 @@ from flexicodec_fast.reference.config import SenseVoiceConfig
 from flexicodec_fast.reference.errors import CheckpointError, InputError
 from flexicodec_fast.reference.sensevoice import SenseVoiceEncoder
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = SenseVoiceConfig(output_size=32, attention_heads=4, linear_units=32, num_blocks=2)
 TINY_FLAGS = ["--output-size", "32", "--heads", "4", "--linear-units", "32", "--num-blocks", "2"]
 # Synthetic "phonemes": 120 ms tones, one frequency each, far apart on the mel scale.

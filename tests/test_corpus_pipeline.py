@@ -19,7 +19,6 @@ from flexicodec_fast import augment as aug
 from flexicodec_fast.reference.errors import InputError
 from flexicodec_fast.resampling import resample
 
-ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
 HAVE_FFMPEG = shutil.which("ffmpeg") is not None
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None
