@@ -19,13 +19,13 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .fast import FastCodec, Sizes, decode_stages, encode_stages
+from .fast import DECODE_STAGES, ENCODE_STAGES, FastCodec, Sizes, decode_stages, encode_stages
 from .loading import resolve_device
 from .model_input import resolve_model
 from .options import EncodeOptions
@@ -132,6 +132,12 @@ class Engine:
         partly filled, so memory stays bounded for any input order.
     errors: "raise" (a bad clip raises `InputError` naming its index) or "yield" (the
         `InputError` is yielded in that clip's place and the rest go on).
+    progress: called as work is issued, `progress(indices, share)`: `share` of the work on
+        the clips with these input indices (0-based, counting every clip given) is done. A
+        batch is credited an equal share after each of its pipeline stages (`ENCODE_STAGES`,
+        `DECODE_STAGES`; at once for a replayed CUDA graph), so a long clip moves a progress
+        bar before it is finished; a clip's shares add up to 1; an `InputError` clip gets
+        none.
     """
 
     def __init__(
@@ -154,6 +160,7 @@ class Engine:
         max_batch: int = 256,
         max_held: int = 4096,
         errors: str = "raise",
+        progress: Callable[[tuple[int, ...], float], None] | None = None,
     ):
         model = resolve_model(model)
         own = next(model.parameters()).device
@@ -185,6 +192,9 @@ class Engine:
         if errors not in ("raise", "yield"):
             raise InputError(f"errors: expected 'raise' or 'yield', got {errors!r}")
         self.errors = errors
+        if progress is not None and not callable(progress):
+            raise InputError(f"progress: expected a callable or None, got {describe(progress)}")
+        self.progress = progress
         for name, value in (("max_batch", max_batch), ("max_held", max_held)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name}: expected an int >= 1, got {describe(value)}")
@@ -296,7 +306,7 @@ class Engine:
             clips, prepare, self._encode_batch, lambda source: source[0].shape[0] / 16000
         )
 
-    def _encode_batch(self, key, sources: list):
+    def _encode_batch(self, key, sources: list, credit):
         bucket = key[0]
         clips = [audio for audio, _, _ in sources]
         samples = [c.shape[0] for c in clips]
@@ -310,8 +320,10 @@ class Engine:
         lengths = samples + [padded] * (batch - len(clips))
         sizes = Sizes.of(self.model, lengths, padded, static=static)
 
-        def run(audio, lens):
-            return encode_stages(self.fast, audio, lens, sizes, self.options, static=static)
+        def run(audio, lens, tick=None):
+            return encode_stages(
+                self.fast, audio, lens, sizes, self.options, static=static, tick=tick
+            )
 
         def fill(audio, lens):
             audio.zero_()
@@ -324,7 +336,8 @@ class Engine:
             torch.zeros(batch, padded, device=self.device),
             torch.zeros(batch, dtype=torch.long, device=self.device),
         )
-        out = self._execute(key, run, fill, inputs, graphed=static and bucket is not None)
+        graphed = static and bucket is not None
+        out = self._execute(key, run, fill, inputs, graphed, credit, ENCODE_STAGES)
         self.stats.padded_seconds += (batch * padded - sum(samples)) / 16000
         return self._split_encoded(out, sources)
 
@@ -423,7 +436,7 @@ class Engine:
 
         return self._ordered(items, prepare, self._decode_batch, lambda c: c[1] * hop / 16000)
 
-    def _decode_batch(self, key, items):
+    def _decode_batch(self, key, items, credit):
         bucket, stages, window = key[:3]
         hop = self.model.hop_length
         frames = [f for _, f, _ in items]
@@ -436,9 +449,9 @@ class Engine:
         # Static shapes never skip masks: the same graph must serve every batch.
         full = not static and len(set(frames)) == 1
 
-        def run(sem, ac, lengths):
+        def run(sem, ac, lengths, tick=None):
             return decode_stages(
-                self.fast, sem, ac, lengths, t_max, full, self.options.bands, window
+                self.fast, sem, ac, lengths, t_max, full, self.options.bands, window, tick=tick
             )
 
         def fill(sem, ac, lengths):
@@ -467,6 +480,8 @@ class Engine:
             fill,
             inputs,
             static and bucket is not None,
+            credit,
+            DECODE_STAGES,
         ).to("cpu")
         self.stats.padded_seconds += (batch * t_max - sum(frames)) * hop / 16000
         lengths = self.model.dac.decoded_length(torch.tensor(frames)).numpy()
@@ -474,22 +489,28 @@ class Engine:
 
     # ------------------------------------------------------------------------ running
 
-    def _execute(self, key, run, fill, inputs, graphed: bool):
+    def _execute(self, key, run, fill, inputs, graphed: bool, credit, stages: tuple[str, ...]):
         """Fill the static inputs and run: replaying the captured graph of `key` on CUDA,
-        eagerly otherwise (and for shapes whose capture failed)."""
+        eagerly otherwise (and for shapes whose capture failed). `credit(share)` is called
+        with an equal share after each of `stages` (all at once after a replay)."""
         self.stats.runs += 1
+
+        def tick(stage: str) -> None:
+            credit(1 / len(stages))
+
         with torch.inference_mode(), self.fast.matmul_precision():
             if not (graphed and self.cuda_graphs) or key in self.stats.graph_failures:
                 fill(*inputs)
-                return run(*inputs)
+                return run(*inputs, tick)
             if key not in self._graphs:
                 self._capture(key, run, fill, inputs)
                 if key in self.stats.graph_failures:
                     fill(*inputs)
-                    return run(*inputs)
+                    return run(*inputs, tick)
             graph, static_inputs, static_out = self._graphs[key]
             fill(*static_inputs)
             graph.replay()
+            credit(1.0)
             return static_out
 
     def _capture(self, key, run, fill, inputs):
@@ -523,7 +544,8 @@ class Engine:
     def _ordered(self, items: Iterable, prepare, run_batch, seconds) -> Iterator:
         """The scheduling shared by encode and decode. `prepare(index, item)` -> (payload,
         key), the key a tuple starting with the item's `Bucket` (None: too long for any);
-        `run_batch(key, payloads)` -> one result per payload. A bucket runs when full; when
+        `run_batch(key, payloads, credit)` -> one result per payload, calling `credit(share)`
+        as its work is issued (reported to `progress`). A bucket runs when full; when
         `max_held` items are held, the bucket holding the oldest unfinished item runs partly
         filled; the rest run at the end. Yields results in input order."""
         waiting: dict = {}  # key -> [(index, payload)]
@@ -532,7 +554,13 @@ class Engine:
 
         def flush(key):
             entries = waiting.pop(key)
-            results = run_batch(key, [payload for _, payload in entries])
+            indices = tuple(index for index, _ in entries)
+
+            def credit(share: float) -> None:
+                if self.progress is not None:
+                    self.progress(indices, share)
+
+            results = run_batch(key, [payload for _, payload in entries], credit)
             for (index, _), result in zip(entries, results, strict=True):
                 done[index] = result
 

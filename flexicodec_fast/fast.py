@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -516,18 +516,38 @@ def quantize(fast: FastCodec, sem_tokens, ac_tokens, num_groups, num_quantizers:
     return semantic_codes, acoustic_codes, quantized.transpose(1, 2) + sem_decoded
 
 
+ENCODE_STAGES = ("features", "semantic", "acoustic", "align", "segment", "aggregate", "quantize")
+DECODE_STAGES = ("dequantize", "expand", "decode_frames")
+
+
+def _no_tick(stage: str) -> None:
+    """The default `tick`: nobody is watching."""
+
+
 def encode_stages(
-    fast: FastCodec, audio, lens, sizes: Sizes, options: EncodeOptions, static: bool
+    fast: FastCodec,
+    audio,
+    lens,
+    sizes: Sizes,
+    options: EncodeOptions,
+    static: bool,
+    tick: Callable[[str], None] | None = None,
 ) -> EncodeResult:
     """The encode pipeline on validated 16 kHz audio `[B, N]` with lengths `[B]` (a device
     tensor) and `options` resolved for the model. `static`: keep `G = T` token columns
     (every shape from `sizes`, no host reads: the engine); else trim to the batch's largest
-    token count, read once on the host (`fast_encode`)."""
+    token count, read once on the host (`fast_encode`). `tick(name)` is called as each of
+    `ENCODE_STAGES` is issued (the engine's progress)."""
+    tick = tick or _no_tick
     bands = options.bands
     feats, feat_lens = features(fast, audio, lens, sizes, options.dither)
+    tick("features")
     sem, sem_lens = semantic(fast, feats, feat_lens, sizes, bands)
+    tick("semantic")
     ac = acoustic(fast, audio, lens, sizes)
+    tick("acoustic")
     sem, ac, frames = align(fast, sem, sem_lens, ac, lens, sizes)
+    tick("align")
     # Channels-last views of channels-first tensors: the similarity reduction then runs in
     # the official memory order (see reference.merging.adjacent_cosine).
     sem_t, ac_t = sem.transpose(1, 2), ac.transpose(1, 2)
@@ -535,6 +555,7 @@ def encode_stages(
         # The kernels read rows with unit stride (their reductions round differently anyway).
         sem_t, ac_t = sem_t.contiguous(), ac_t.contiguous()
     seg, means, thresholds = segment(fast, sem, sem_t, ac_t, frames, sizes, options)
+    tick("segment")
     if static:
         groups, full = seg.max_groups, False
     else:
@@ -547,9 +568,11 @@ def encode_stages(
         fast.aggregate(stream, x, m[:, :groups], seg, band, full)
         for stream, x, m in zip(Stream, (sem_t, ac_t), means, strict=True)
     )
+    tick("aggregate")
     semantic_codes, acoustic_codes, latent = quantize(
         fast, sem_tokens, ac_tokens, seg.num_groups, options.num_quantizers
     )
+    tick("quantize")
     return EncodeResult.build(
         semantic_codes,
         acoustic_codes,
@@ -725,15 +748,22 @@ def decode_stages(
     frames_full,
     bands,
     token_window,
+    tick: Callable[[str], None] | None = None,
 ):
     """The decode pipeline on validated codes on the model's device; `t_max` (frames) and
-    `frames_full` come from the host."""
+    `frames_full` come from the host. `tick(name)`: as in `encode_stages`, for
+    `DECODE_STAGES`."""
+    tick = tick or _no_tick
     groups = torch.arange(token_lengths.shape[1], device=token_lengths.device)
     num_groups = torch.where(token_lengths > 0, groups + 1, 0).amax(dim=1)
     frames = token_lengths.sum(dim=1)
     sem, ac = dequantize(fast, semantic_codes, acoustic_codes, num_groups)
+    tick("dequantize")
     z = expand(fast, sem, ac, token_lengths, frames, t_max, token_window, bands)
-    return decode_frames(fast, z, frames, frames_full, bands)
+    tick("expand")
+    audio = decode_frames(fast, z, frames, frames_full, bands)
+    tick("decode_frames")
+    return audio
 
 
 def fast_decode(

@@ -302,8 +302,8 @@ def encode_files(
         )
     seconds = [header_seconds(path) for path, _ in todo]
     bar = _seconds_bar(sum(seconds), "encode", progress)
-    engine = _engine(model, options, max_batch=batch_size)
     fed = deque()  # (path, target, seconds, source) of the clips the engine has taken
+    engine = _JobEngine(model, options, bar, max_batch=batch_size)
 
     def clips():
         for (path, target), length in zip(todo, seconds, strict=True):
@@ -314,6 +314,7 @@ def encode_files(
                 bar.update(length)
                 continue
             fed.append((path, target, length, source))
+            engine.seconds.append(length)
             yield source.audio
 
     def save(path, target, source, result):
@@ -324,15 +325,16 @@ def encode_files(
 
 def _collect(results, fed: deque, save, bar, report: JobReport) -> JobReport:
     """Pair each engine result with the (path, target, seconds, detail) fed for it, in order:
-    save it, or report the error the engine yielded in its place."""
+    save it, or report the error the engine yielded in its place (the engine credits the bar
+    only for clips it codes)."""
     try:
         for result in results:
             path, target, length, detail = fed.popleft()
             if isinstance(result, FlexiCodecError):
                 report.failed.append((path, str(result)))
+                bar.update(length)
             else:
                 save(path, target, detail, result)
-            bar.update(length)
     except KeyboardInterrupt:
         raise JobInterrupted(report) from None
     finally:
@@ -340,11 +342,24 @@ def _collect(results, fed: deque, save, bar, report: JobReport) -> JobReport:
     return report
 
 
-def _engine(model, options: EncodeOptions, max_batch: int = 256) -> Engine:
+class _JobEngine(Engine):
     """The engine a job runs on the model's own device; a clip it refuses is yielded as its
-    error (reported), not raised (which would stop the job)."""
-    device = next(model.parameters()).device
-    return Engine(model, options=options, device=device, max_batch=max_batch, errors="yield")
+    error (reported), not raised (which would stop the job). The job appends each clip's
+    audio seconds to `seconds` as it feeds it, and the engine's progress moves `bar` by
+    those seconds stage by stage, so one long file moves it while it is coded."""
+
+    def __init__(self, model, options: EncodeOptions, bar: tqdm, max_batch: int = 256):
+        self.seconds: list[float] = []
+        super().__init__(
+            model,
+            options=options,
+            device=next(model.parameters()).device,
+            max_batch=max_batch,
+            errors="yield",
+            progress=lambda indices, share: bar.update(
+                share * sum(self.seconds[i] for i in indices)
+            ),
+        )
 
 
 def _save_encoded(model, path, target, source: Source, result, options, report) -> None:
@@ -447,10 +462,12 @@ def decode_files(
     pairs = plan_outputs(collect(inputs, (SUFFIX,)), Path(out_dir), _wav_name)
     check_output_folder(out_dir)
     report = JobReport()
-    options = EncodeOptions(precision=precision, attention_window=attention_window)
-    engine = _engine(model, options)
+    options = EncodeOptions(
+        num_quantizers=None, precision=precision, attention_window=attention_window
+    )
     seconds = [_codes_seconds(path) for path, _ in pairs]
     bar = _seconds_bar(sum(seconds), "decode", progress)
+    engine = _JobEngine(model, options, bar)
     fed = deque()  # (path, target, seconds, (rate, samples)) of the items the engine has taken
 
     def items():
@@ -472,6 +489,7 @@ def decode_files(
                 bar.update(length)
                 continue
             fed.append((path, target, length, shape))
+            engine.seconds.append(length)
             yield codes
 
     def save(path, target, shape, audio):

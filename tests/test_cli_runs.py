@@ -12,10 +12,10 @@ import soundfile as sf
 import torch
 from cli_helpers import fixture_model, fixture_model_args, short_corpus
 
-from flexicodec_fast import Engine, __version__, cli
+from flexicodec_fast import Engine, __version__, cli, jobs
 from flexicodec_fast.cli import build_parser, main
 from flexicodec_fast.codes_file import SUFFIX, load_codes
-from flexicodec_fast.fast import fast_encode
+from flexicodec_fast.fast import DECODE_STAGES, ENCODE_STAGES, fast_encode
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +298,30 @@ def test_top_level_help_and_version(capsys):
     assert "Without --checkpoint/--config, demo, encode, decode and eval use the built-in" in text
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"flexicodec-fast {__version__}\n"
+
+
+def test_a_single_file_moves_the_progress_bar_while_it_is_coded(
+    tmp_path, corpus, model, monkeypatch
+):
+    """The bar counts audio seconds and moves stage by stage, not only when a file is done."""
+    seen = []  # (seconds on the bar, whether the output exists yet) at every update
+
+    class Recorder(jobs.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            seen.append((self.n, any(out.rglob("*.safetensors")) or any(out.rglob("*.wav"))))
+
+    monkeypatch.setattr(jobs, "tqdm", Recorder)
+    clip, out = corpus / "a.wav", tmp_path / "codes"
+    seconds = sf.info(clip).duration
+    jobs.encode_files(model, [clip], out)
+    stages = len(ENCODE_STAGES)
+    assert len(seen) == stages and not any(written for _, written in seen)
+    assert [n for n, _ in seen] == pytest.approx(
+        [seconds * k / stages for k in range(1, stages + 1)]
+    )
+    seen.clear()
+    out = tmp_path / "wavs"
+    jobs.decode_files(model, [tmp_path / "codes"], out)
+    assert len(seen) == len(DECODE_STAGES) and not any(written for _, written in seen)
+    assert seen[-1][0] == pytest.approx(seconds)

@@ -7,8 +7,10 @@ from responsive import responsive
 from tolerances import CODE_KEYS, assert_audio_close, assert_close, assert_codes_equal
 
 from flexicodec_fast import EncodeOptions, Engine, InputError
+from flexicodec_fast import engine as engine_module
+from flexicodec_fast import fast as fast_module
 from flexicodec_fast.engine import activation_bytes_per_sample
-from flexicodec_fast.fast import Sizes, fast_decode, fast_encode
+from flexicodec_fast.fast import DECODE_STAGES, ENCODE_STAGES, Sizes, fast_decode, fast_encode
 from flexicodec_fast.host_syncs import HostSyncCounter
 from flexicodec_fast.tiny import random_tiny_model
 
@@ -164,9 +166,64 @@ def test_bad_clips_raise_with_their_index_or_are_yielded(model):
     _assert_same_encode(out[2], want)
 
 
+@pytest.mark.parametrize("static", [True, False], ids=["static", "dynamic"])
+def test_progress_credits_each_clip_once_stage_by_stage(model, static):
+    """Every coded clip's shares add up to 1, in one equal share per pipeline stage of its
+    batch, credited while the batch runs (before its results are handed out); a refused
+    clip gets none. Decode likewise."""
+    clips = _clips((5000, 16000, 7000, 20000, 2500), seed=4)
+    clips.insert(2, torch.zeros(100))
+    events = []
+    engine = _engine(
+        model, static_shapes=static, errors="yield", progress=lambda i, s: events.append((i, s))
+    )
+    results = []
+    for index, result in enumerate(engine.encode_many(clips)):
+        results.append(result)
+        want = 0.0 if isinstance(result, InputError) else 1.0
+        assert sum(s for i, s in events if index in i) == pytest.approx(want)
+    credited = {}
+    for indices, share in events:
+        assert share == pytest.approx(1 / len(ENCODE_STAGES))
+        for index in indices:
+            credited[index] = credited.get(index, 0.0) + share
+    assert sorted(credited) == [0, 1, 3, 4, 5]
+    assert all(total == pytest.approx(1.0) for total in credited.values())
+    events.clear()
+    good = [r for r in results if not isinstance(r, InputError)]
+    list(engine.decode_many(good))
+    assert all(share == pytest.approx(1 / len(DECODE_STAGES)) for _, share in events)
+    assert sum(s for i, s in events if 0 in i) == pytest.approx(1.0)
+
+
+def test_stage_ticks_name_the_stages_in_order(model, monkeypatch):
+    """The progress shares assume these lists name every tick of the pipelines."""
+    names = []
+
+    def recording(stages):
+        def run(*args, tick, **kwargs):
+            def named(stage):
+                names.append(stage)
+                tick(stage)
+
+            return stages(*args, tick=named, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(engine_module, "encode_stages", recording(fast_module.encode_stages))
+    monkeypatch.setattr(engine_module, "decode_stages", recording(fast_module.decode_stages))
+    engine = _engine(model, progress=lambda i, s: None)
+    result = next(engine.encode_many(_clips((6000,), seed=5)))
+    assert tuple(names) == ENCODE_STAGES
+    names.clear()
+    next(engine.decode_many([result]))
+    assert tuple(names) == DECODE_STAGES
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
+        (dict(progress="bar"), "progress"),
         (dict(bucket_seconds=()), "bucket_seconds"),
         (dict(bucket_seconds=(1, -2)), "bucket_seconds"),
         (dict(memory_budget=0), "memory_budget"),
