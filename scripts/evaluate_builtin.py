@@ -3,7 +3,7 @@
     python scripts/evaluate_builtin.py --corpus /work/data/corpus [--model-dir DIR] \
         [--num 80] [--out docs/builtin_eval.md]
 
-(needs `pip install -e ".[eval]"` for pystoi)
+(needs `pip install -e ".[eval]"` for pystoi and pesq)
 
 Reports, on `--num` held-out utterances (made by scripts/make_corpus.py):
 * phoneme error rate (PER) of the recogniser on the original audio and on audio decoded from
@@ -26,12 +26,15 @@ Reports, on `--num` held-out utterances (made by scripts/make_corpus.py):
 `--human DIR` (a corpus made by `scripts/make_corpus.py --human`) adds, for the transcribed
 recordings of its dev split (`--human-split train` for the training speakers), per speaker and
 per language: the recogniser's PER on the originals and the share of reference phonemes in its
-inventory; and, at thresholds 1.0 / 0.95 / 0.91 / 0.85 with all quantizers, the average frame
-rate, STOI and extended STOI (ESTOI, Jensen and Taal 2016) of each speaker's decoded clips
-joined end to end (pystoi ignores clips shorter than its 384 ms analysis segments, and the
-prompts and letters are often about one second), the log-mel L1 distance and the PER of the
-decoded audio. `--human-per-speaker N` decodes only each speaker's first N recordings (by
-path); the recogniser's table on the originals always covers all of them.
+inventory; at thresholds 1.0 / 0.95 / 0.91 / 0.85 with all quantizers, per speaker, the
+average frame rate, STOI, extended STOI (ESTOI, Jensen and Taal 2016), wide-band PESQ and the
+log-mel L1 distance of the speaker's decoded clips joined end to end (pystoi ignores clips
+shorter than its 384 ms analysis segments, and the prompts and letters are often about one
+second), and the PER of the decoded audio; over all decoded clips, the correlation of frame
+rate with phoneme rate at each threshold; and dynamic merging against fixed pooling at 6.25
+and 4.17 Hz, per speaker. `--human-per-speaker N` decodes only each speaker's first N
+recordings (by path); the recogniser's table on the originals always covers all of them.
+`--recognizer DIR` scores PER with another recogniser (default: the bundled one).
 `--corpus` or `--human` or both.
 """
 
@@ -57,6 +60,7 @@ from flexicodec_fast.asr import (
     load_recognizer,
     phoneme_error_rate,
 )
+from flexicodec_fast.evaluate import quality
 from flexicodec_fast.reference.losses import MelLossSettings, MultiScaleMelLoss
 
 
@@ -87,18 +91,18 @@ def _load(corpus: Path, num: int):
     return rows, audio
 
 
-def _run(model, recognizer, mel, audio, refs, *, threshold, nq, fixed=None, target=None):
-    """Encode + decode every clip; PER and identification rate of the decoded audio, mean STOI
-    and mel distance, frame rates.
+def _code_all(model, audio, *, nq, threshold, fixed=None, target=None):
+    """Encode + decode every clip `[N]`: (decoded clips `[M]`, average frame rates in Hz).
     `fixed`: one token every `fixed` frames; `target`: a per-clip threshold giving the
     largest frame rate not above `target` Hz (fast_encode's target_frame_rate)."""
     config = model.config
     saved = config.max_tokens_per_group
     if fixed is not None:
-        # Fixed-rate pooling: no similarity boundary (cosine >= -1 > -2), a forced split
-        # every `fixed` frames: uniform groups at 12.5 / fixed Hz.
-        config.max_tokens_per_group, threshold = fixed, -2.0
-    hyps, rates, dists, intelligibility = [], [], [], []
+        # Fixed-rate pooling: a forced split every `fixed` frames, uniform groups at
+        # 12.5 / fixed Hz, and no similarity boundary (`s <= -1` only for exactly opposite
+        # frames, which the tests' definition check would show).
+        config.max_tokens_per_group, threshold = fixed, -1.0
+    decoded, rates = [], []
     try:
         for clip in audio:
             enc = fast_encode(
@@ -111,14 +115,23 @@ def _run(model, recognizer, mel, audio, refs, *, threshold, nq, fixed=None, targ
             wav = fast_decode(
                 model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"]
             )[0, 0]
-            frames = int(enc["token_lengths"].sum())
-            rates.append(int(enc["total_frames"][0]) / frames * 12.5)
-            n = min(wav.numel(), clip.numel())
-            dists.append(float(mel(wav[None, None, :n], clip[None, None, :n])))
-            intelligibility.append(_stoi(clip, wav))
-            hyps.append(recognizer.transcribe(wav[None])[0])
+            decoded.append(wav)
+            rates.append(int(enc["total_frames"][0]) / int(enc["token_lengths"].sum()) * 12.5)
     finally:
         config.max_tokens_per_group = saved
+    return decoded, rates
+
+
+def _run(model, recognizer, mel, audio, refs, *, threshold, nq, fixed=None, target=None):
+    """Encode + decode every clip (`_code_all`); PER and identification rate of the decoded
+    audio, mean STOI and mel distance, frame rates."""
+    decoded, rates = _code_all(model, audio, nq=nq, threshold=threshold, fixed=fixed, target=target)
+    hyps, dists, intelligibility = [], [], []
+    for clip, wav in zip(audio, decoded, strict=True):
+        n = min(wav.numel(), clip.numel())
+        dists.append(float(mel(wav[None, None, :n], clip[None, None, :n])))
+        intelligibility.append(_stoi(clip, wav))
+        hyps.append(recognizer.transcribe(wav[None])[0])
     scores = phoneme_error_rate(refs, hyps), identification_rate(refs, hyps)
     return *scores, _mean(intelligibility), _mean(dists), rates
 
@@ -139,25 +152,43 @@ def _human_rows(root: Path, split: str) -> dict[str, list[dict]]:
     return dict(sorted(grouped.items()))
 
 
-def _joined_stoi(originals: list[torch.Tensor], decoded: list[torch.Tensor], extended: bool):
-    """STOI (or ESTOI) of all decoded clips joined against all originals joined, each pair cut
-    to its common length first so the joins stay aligned."""
+def _joined_quality(originals: list[torch.Tensor], decoded: list[torch.Tensor]) -> dict:
+    """`flexicodec_fast.evaluate.quality` (STOI, ESTOI, PESQ-wb, SI-SDR, log-mel) of all
+    decoded clips joined against all originals joined, each pair cut to its common length
+    first so the joins stay aligned: pystoi ignores clips shorter than its 384 ms analysis
+    segments, and PESQ needs a quarter second of speech."""
     pairs = [
         (a[: min(a.numel(), b.numel())], b[: min(a.numel(), b.numel())])
         for a, b in zip(originals, decoded, strict=True)
     ]
-    ref = torch.cat([a for a, _ in pairs]).double().numpy()
-    out = torch.cat([b for _, b in pairs]).double().numpy()
-    return float(stoi(ref, out, 16000, extended=extended))
+    return quality(torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs]))
 
 
-def _evaluate_human(model, recognizer, mel, root: Path, split: str, per_speaker: int) -> list[str]:
+def _pesq_cell(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _pooling_settings(max_nq: int) -> dict[str, dict]:
+    """Dynamic merging (a per-clip threshold from `target_frame_rate`) against fixed pooling
+    (one token every k frames) at 12.5 / k Hz."""
+    settings = {}
+    for k in (2, 3):
+        settings[f"dynamic, target {12.5 / k:.2f} Hz"] = {"target": 12.5 / k, "threshold": 0.91}
+        settings[f"fixed, every {k} frames"] = {"fixed": k, "threshold": 0.91}
+    return {name: {"nq": max_nq, **options} for name, options in settings.items()}
+
+
+def _evaluate_human(model, recognizer, root: Path, split: str, per_speaker: int) -> list[str]:
     """The markdown lines of the human-speech section (see the module docstring)."""
     groups = _human_rows(root, split)
     inventory = set(recognizer.phonemes)
     max_nq = model.max_num_quantizers
+    settings = {f"threshold {t}": {"nq": max_nq, "threshold": t} for t in THRESHOLDS}
+    settings.update(_pooling_settings(max_nq))
     by_lang: dict[str, dict[str, list]] = {}
-    speaker_lines, rate_by_threshold = [], {t: [] for t in THRESHOLDS}
+    speaker_lines, pooling_lines = [], []
+    # Per setting, over every decoded clip: (frame rate, phoneme rate) pairs.
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in settings}
     for speaker, rows in groups.items():
         audio = [torch.from_numpy(sf.read(str(root / r["path"]), dtype="float32")[0]) for r in rows]
         refs = [r["phonemes"].split() for r in rows]
@@ -176,29 +207,27 @@ def _evaluate_human(model, recognizer, mel, root: Path, split: str, per_speaker:
             )
         minutes = sum(r["seconds"] for r in rows) / 60
         langs = ", ".join(sorted({r["lang"] for r in rows}))
-        for threshold in THRESHOLDS:
-            decoded, rates, dists = [], [], []
-            for clip in audio:
-                enc = fast_encode(
-                    clip[None], model, num_quantizers=max_nq, merging_threshold=threshold
-                )
-                wav = fast_decode(
-                    model, enc["semantic_codes"], enc["acoustic_codes"], enc["token_lengths"]
-                )[0, 0]
-                rates.append(int(enc["total_frames"][0]) / int(enc["token_lengths"].sum()) * 12.5)
-                n = min(wav.numel(), clip.numel())
-                dists.append(float(mel(wav[None, None, :n], clip[None, None, :n])))
-                decoded.append(wav)
-            rate_by_threshold[threshold] += rates
+        phoneme_rates = [len(ref) / row["seconds"] for ref, row in zip(refs, rows, strict=True)]
+        for name, options in settings.items():
+            decoded, clip_rates = _code_all(model, audio, **options)
+            rates[name] += list(zip(clip_rates, phoneme_rates, strict=True))
+            q = _joined_quality(audio, decoded)
             hyps = [recognizer.transcribe(w[None])[0] for w in decoded]
-            speaker_lines.append(
-                f"| {speaker} | {langs} | {len(rows)} | {minutes:.1f} "
-                f"| {phoneme_error_rate(refs, heard):.1%} | {threshold} | {_mean(rates):.2f} "
-                f"| {_joined_stoi(audio, decoded, False):.3f} "
-                f"| {_joined_stoi(audio, decoded, True):.3f} | {_mean(dists):.3f} "
+            cells = (
+                f"{_mean(clip_rates):.2f} | {q['stoi']:.3f} | {q['estoi']:.3f} "
+                f"| {_pesq_cell(q['pesq_wb'])} | {q['log_mel']:.3f} "
                 f"| {phoneme_error_rate(refs, hyps):.1%} |"
             )
-            print(speaker_lines[-1], flush=True)
+            if "threshold" in name:
+                line = (
+                    f"| {speaker} | {langs} | {len(rows)} | {minutes:.1f} "
+                    f"| {phoneme_error_rate(refs, heard):.1%} | {options['threshold']} | {cells}"
+                )
+                speaker_lines.append(line)
+            else:
+                line = f"| {speaker} | {name} | {cells}"
+                pooling_lines.append(line)
+            print(line, flush=True)
     lines = [
         "",
         f"Human recordings ({root.name}, split `{split}`): "
@@ -220,17 +249,35 @@ def _evaluate_human(model, recognizer, mel, root: Path, split: str, per_speaker:
         "",
         "Decoded: "
         + (f"each speaker's first {per_speaker} clips (by path). " if per_speaker else "")
-        + "Average frame rate over the decoded clips (mean of per-clip rates, Hz): "
-        + ", ".join(f"{t}: {_mean(r):.2f}" for t, r in rate_by_threshold.items())
-        + ".",
+        + "Over all decoded clips, per threshold: the average frame rate (mean of per-clip "
+        "rates) and its Pearson correlation with the clip's phoneme rate (phonemes of the "
+        "transcript per second of the recording, silence included):",
         "",
-        f"Per speaker, decoded with {max_nq} quantizers (STOI and ESTOI of the speaker's clips "
-        "joined):",
+        "| threshold | avg frame rate (Hz) | r(frame rate, phoneme rate) |",
+        "|---:|---:|---:|",
+    ]
+    for threshold in THRESHOLDS:
+        pairs = rates[f"threshold {threshold}"]
+        frame_rates, phoneme_rates = [a for a, _ in pairs], [b for _, b in pairs]
+        lines.append(
+            f"| {threshold} | {_mean(frame_rates):.2f} "
+            f"| {_pearson(frame_rates, phoneme_rates):.3f} |"
+        )
+    quality_columns = "avg frame rate (Hz) | STOI | ESTOI | PESQ-wb | log-mel L1 | PER decoded |"
+    lines += [
         "",
-        "| speaker | languages | clips | minutes | PER original | threshold "
-        "| avg frame rate (Hz) | STOI | ESTOI | log-mel L1 | PER decoded |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Per speaker, decoded with {max_nq} quantizers (quality of the speaker's clips joined):",
+        "",
+        f"| speaker | languages | clips | minutes | PER original | threshold | {quality_columns}",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *speaker_lines,
+        "",
+        "Dynamic merging against fixed pooling at the same average frame rate, per speaker "
+        f"({max_nq} quantizers):",
+        "",
+        f"| speaker | pooling | {quality_columns}",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        *pooling_lines,
     ]
     return lines
 
@@ -316,6 +363,9 @@ def main(argv=None):
     parser.add_argument("--human", type=Path, help="a corpus of make_corpus.py --human")
     parser.add_argument("--human-split", choices=("heldout", "train"), default="heldout")
     parser.add_argument("--human-per-speaker", type=int, default=0)
+    parser.add_argument(
+        "--recognizer", type=Path, help="recogniser folder for the PER (default: the bundled one)"
+    )
     args = parser.parse_args(argv)
     if args.corpus is None and args.human is None:
         parser.error("give --corpus, --human or both")
@@ -326,14 +376,14 @@ def main(argv=None):
         model = prepare_model(
             args.model_dir / "model.safetensors", args.model_dir / "config.yaml", device="cpu"
         )
-    recognizer = load_recognizer()
+    recognizer = load_recognizer(args.recognizer)
     mel = MultiScaleMelLoss(MelLossSettings(filter_sample_rate=None))
     lines = []
     if args.corpus is not None:
         lines += _evaluate_synthetic(model, recognizer, mel, args.corpus, args.num)
     if args.human is not None:
         lines += _evaluate_human(
-            model, recognizer, mel, args.human, args.human_split, args.human_per_speaker
+            model, recognizer, args.human, args.human_split, args.human_per_speaker
         )
     text = "\n".join(lines) + "\n"
     if args.out:
