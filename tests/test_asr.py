@@ -4,12 +4,12 @@ import json
 import math
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
 from make_corpus_module import load_make_corpus
+from tone_corpus import TINY_FLAGS, TONES, tone_audio, write_tone_corpus
 
 from flexicodec_fast.asr import (
     DEFAULT_RECOGNIZER_CONFIG,
@@ -29,9 +29,6 @@ from flexicodec_fast.reference.errors import CheckpointError, InputError
 from flexicodec_fast.reference.sensevoice import SenseVoiceEncoder
 
 TINY = SenseVoiceConfig(output_size=32, attention_heads=4, linear_units=32, num_blocks=2)
-TINY_FLAGS = ["--output-size", "32", "--heads", "4", "--linear-units", "32", "--num-blocks", "2"]
-# Synthetic "phonemes": 120 ms tones, one frequency each, far apart on the mel scale.
-TONES = {"a": 300.0, "b": 800.0, "c": 1800.0, "d": 3500.0}
 
 
 def test_forward_shapes_and_key_layout():
@@ -155,33 +152,6 @@ def test_save_load_round_trip(tmp_path):
     (tmp_path / "recognizer.safetensors").unlink()
     with pytest.raises(CheckpointError, match="recognizer.safetensors"):
         load_recognizer(tmp_path)
-
-
-def tone_audio(tokens: list[str], rng: torch.Generator) -> torch.Tensor:
-    """16 kHz audio with one 120 ms tone per token, plus a little noise."""
-    t = torch.arange(1920) / 16000
-    parts = [0.5 * torch.sin(2 * math.pi * TONES[p] * t) for p in tokens]
-    audio = torch.cat([torch.zeros(800), *parts, torch.zeros(800)])
-    return audio + 0.01 * torch.randn(audio.shape, generator=rng)
-
-
-def write_tone_corpus(folder: Path, n_train: int, n_heldout: int) -> None:
-    """A corpus in make_corpus.py's layout whose utterances are tone sequences."""
-    rng = torch.Generator().manual_seed(0)
-    symbols = sorted(TONES)
-    for split, count in (("train", n_train), ("heldout", n_heldout)):
-        (folder / split).mkdir(parents=True)
-        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            for i in range(count):
-                n = int(torch.randint(3, 6, (1,), generator=rng))
-                tokens = [symbols[int(k)] for k in torch.randint(0, 4, (n,), generator=rng)]
-                audio = tone_audio(tokens, rng)
-                path = f"{split}/{i:06d}.wav"
-                sf.write(str(folder / path), audio.numpy(), 16000, subtype="PCM_16")
-                record = {"path": path, "text": "".join(tokens), "lang": "tone", "voice": "sine"}
-                record.update({"seconds": audio.numel() / 16000, "phonemes": " ".join(tokens)})
-                f.write(json.dumps(record) + "\n")
-    (folder / "phonemes.txt").write_text("\n".join(symbols) + "\n", encoding="utf-8")
 
 
 def test_training_lowers_ctc_loss(tmp_path):

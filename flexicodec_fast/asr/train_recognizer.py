@@ -1,17 +1,27 @@
-"""Train the small SANM CTC phoneme recogniser on a `scripts/make_corpus.py` corpus.
+"""Train the small SANM CTC phoneme recogniser on `scripts/make_corpus.py` corpora.
 
     python -m flexicodec_fast.asr.train_recognizer --corpus /work/data/corpus \\
         --out /work/data/recognizer --steps 1500 --max-minutes 55
 
-Features are computed once with the reference `FrontEnd` (dither 0) and cached in
-`<corpus>/features/` (train split in float16, held-out split in float32, so held-out PER is
+`--corpus` may be repeated (e.g. the synthetic and the human corpus): each step takes its
+batch from one corpus, in the shares `--corpus-weight` gives (default equal). The inventory
+is the union of the corpora's `phonemes.txt` (the first corpus's, or with `--init-from` the
+initial recogniser's, labels first, in their order; the others' new labels after them,
+sorted). `--init-from FOLDER` starts from an exported recogniser: its architecture, all its
+weights, and the CTC output rows of its labels; rows of new labels are freshly initialised.
+
+Features are computed once with the reference `FrontEnd` (dither 0) and cached in each
+corpus's `features/` (train split in float16, held-out split in float32, so held-out PER is
 measured on exactly the features inference sees); later runs reuse the cache while the
-corpus's jsonl files are unchanged. Training: AdamW, linear warm-up then cosine decay, CTC
-loss, optional light SpecAugment, length-bucketed batches of at most `--batch-frames` padded
-frames. Every `--eval-every` steps the greedy-decoding PER on the held-out split is logged;
-every `--save-every` steps `checkpoint.pt` (for `--resume`) and the exported recogniser are
-written. At the end the exported recogniser is reloaded and evaluated from the held-out
-audio files, end to end, into `eval.json`.
+corpus's jsonl files are unchanged. `--augment-copies K` adds K copies of every training
+clip through `flexicodec_fast.augment.random_augment` (seeded, cached the same way).
+Training: AdamW, linear warm-up then cosine decay, CTC loss, optional light SpecAugment,
+length-bucketed batches of at most `--batch-frames` padded frames. Every `--eval-every`
+steps the greedy-decoding PER of each corpus's held-out split, overall and per language, is
+logged; every `--save-every` steps `checkpoint.pt` (for `--resume`) and the exported
+recogniser are written. At the end the exported recogniser is reloaded and evaluated from
+the held-out audio files, end to end, into `eval.json` (per corpus under `by_corpus` when
+there are several).
 
 Outputs in `--out`: `recognizer.safetensors` + `recognizer.yaml` (see `recognizer.py`),
 `checkpoint.pt`, `train_log.jsonl` (one JSON record per log or eval line), `eval.json`.
@@ -27,6 +37,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import soundfile as sf
@@ -34,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ..reference.config import SenseVoiceConfig
-from ..reference.errors import InputError
+from ..reference.errors import CheckpointError, InputError
 from ..reference.frontend import SAMPLE_RATE, FrontEnd
 from .recognizer import (
     DEFAULT_RECOGNIZER_CONFIG,
@@ -109,45 +120,154 @@ class FeatureSet:
         return out, lens
 
 
-def compute_features(corpus: Path, records: list[dict], dtype: torch.dtype) -> FeatureSet:
-    """Front-end features of every record's audio, batched by similar length."""
+def augment_seed(seed: int, copy: int, index: int) -> int:
+    """The `random_augment` seed of augmented copy `copy` (1..K) of record `index`."""
+    return (seed * 1_000 + copy) * 10_000_000 + index
+
+
+def compute_features(
+    corpus: Path,
+    records: list[dict],
+    dtype: torch.dtype,
+    augment: tuple[int, int] | None = None,
+) -> FeatureSet:
+    """Front-end features of every record's audio, batched by similar length.
+
+    `augment=(seed, copy)`: each clip first goes through `flexicodec_fast.augment.
+    random_augment` with `augment_seed(seed, copy, index)`, so a copy is a function of both.
+    """
+    from ..augment import random_augment
+
+    def audio(i: int) -> torch.Tensor:
+        wave = load_audio(corpus / records[i]["path"])
+        if augment is None:
+            return wave
+        return random_augment(wave, augment_seed(*augment, i))[0]
+
     frontend = FrontEnd()
     order = sorted(range(len(records)), key=lambda i: records[i]["seconds"])
     per_item: list[torch.Tensor | None] = [None] * len(records)
     with torch.no_grad():
         for start in range(0, len(order), FEATURE_BATCH):
             chunk = order[start : start + FEATURE_BATCH]
-            audio, lens = pad_batch([load_audio(corpus / records[i]["path"]) for i in chunk])
-            feats, feat_lens = frontend(audio, lens)
+            batch, lens = pad_batch([audio(i) for i in chunk])
+            feats, feat_lens = frontend(batch, lens)
             for row, i in enumerate(chunk):
                 per_item[i] = feats[row, : int(feat_lens[row])].to(dtype)
     lens = torch.tensor([f.shape[0] for f in per_item], dtype=torch.int64)
     return FeatureSet(torch.cat(per_item), lens)
 
 
-def cached_features(corpus: Path, split: str, records: list[dict], dtype) -> FeatureSet:
-    """`compute_features`, cached in `<corpus>/features/<split>.safetensors`.
+def cached_features(
+    corpus: Path,
+    split: str,
+    records: list[dict],
+    dtype,
+    augment: tuple[int, int] | None = None,
+) -> FeatureSet:
+    """`compute_features`, cached in `<corpus>/features/<split>.safetensors` (augmented copy
+    `c` with seed `s`: `<split>_aug<c>_seed<s>.safetensors`).
 
-    The cache is valid while the split's jsonl (hence its audio) and `CACHE_VERSION` match.
+    The cache is valid while the split's jsonl (hence its audio), `CACHE_VERSION`, the dtype
+    and the augmentation match.
     """
     from safetensors.torch import load_file, safe_open, save_file
 
     digest = hashlib.sha256((corpus / f"{split}.jsonl").read_bytes()).hexdigest()
     key = {"version": CACHE_VERSION, "jsonl_sha256": digest, "dtype": str(dtype)}
-    path = corpus / "features" / f"{split}.safetensors"
+    name = split
+    if augment is not None:
+        key["augment_seed_copy"] = f"{augment[0]}/{augment[1]}"
+        name = f"{split}_aug{augment[1]}_seed{augment[0]}"
+    path = corpus / "features" / f"{name}.safetensors"
     if path.is_file():
         with safe_open(str(path), "pt") as f:
             if f.metadata() == key:
                 data = load_file(str(path))
                 return FeatureSet(data["feats"], data["lens"])
     start = time.perf_counter()
-    features = compute_features(corpus, records, dtype)
+    features = compute_features(corpus, records, dtype, augment)
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({"feats": features.feats, "lens": features.lens}, str(tmp), metadata=key)
     tmp.replace(path)
-    print(f"cached {split} features: {len(records)} items, {time.perf_counter() - start:.0f} s")
+    print(
+        f"cached {corpus.name}/{name} features: {len(records)} items, "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     return features
+
+
+def concat_features(parts: list[FeatureSet]) -> FeatureSet:
+    """One `FeatureSet` whose items are those of `parts`, in order."""
+    return FeatureSet(torch.cat([p.feats for p in parts]), torch.cat([p.lens for p in parts]))
+
+
+def merged_inventory(first: list[str], others: list[list[str]]) -> list[str]:
+    """`first` in its order, then every token of `others` not in it, sorted: a recogniser
+    initialised from one with inventory `first` keeps its labels' CTC ids."""
+    known = set(first)
+    return list(first) + sorted({t for inv in others for t in inv} - known)
+
+
+def init_from_recognizer(model: PhonemeRecognizer, source: PhonemeRecognizer) -> list[str]:
+    """Copy `source`'s weights into `model` (in place): every tensor of the same name and
+    shape, and the CTC output rows (weight and bias) of each label both have, by label. Rows
+    of labels only `model` has keep their fresh initialisation. Returns the keys not copied.
+    """
+    target = model.state_dict()
+    rows = [
+        (model.vocab.index(label), i)
+        for i, label in enumerate(source.vocab)
+        if label in model.vocab
+    ]
+    new_rows = torch.tensor([r for r, _ in rows], dtype=torch.long)
+    old_rows = torch.tensor([r for _, r in rows], dtype=torch.long)
+    skipped = []
+    with torch.no_grad():
+        for key, value in source.state_dict().items():
+            if key.startswith("ctc.") and key in target:
+                target[key][new_rows] = value[old_rows].to(target[key].dtype)
+            elif key in target and target[key].shape == value.shape:
+                target[key].copy_(value)
+            else:
+                skipped.append(key)
+    return skipped + sorted(set(target) - set(source.state_dict()))
+
+
+class MixtureSchedule:
+    """Which source each training step takes its batch from, for sources weighted `weights`.
+
+    Step n (1-based) goes to the source furthest behind its share, `n * share - taken`
+    (the lowest index on ties): the mixture holds at every point of a run, not only on
+    average. With two sources each count stays within one of `n * share` after every step
+    (the two deficits sum to zero, and the one served is at least half a batch behind); with
+    more, a count can stray slightly further (1.02 at worst in 2000 random weightings of 2-6
+    sources over 300 steps).
+    """
+
+    def __init__(self, weights: list[float]):
+        if not weights or any(not w > 0 for w in weights):
+            raise InputError(f"weights: expected positive source weights, got {weights!r}")
+        total = sum(weights)
+        self.shares = [w / total for w in weights]
+        self.taken = [0] * len(weights)
+        self.steps = 0
+
+    def next(self) -> int:
+        self.steps += 1
+        deficits = [self.steps * s - t for s, t in zip(self.shares, self.taken, strict=True)]
+        source = max(range(len(deficits)), key=lambda i: (deficits[i], -i))
+        self.taken[source] += 1
+        return source
+
+
+def batch_stream(
+    lens: torch.Tensor, indices: list[int], max_frames: int, rng: random.Random
+) -> Iterator[list[int]]:
+    """`make_batches` epoch after epoch, each shuffled anew."""
+    while True:
+        yield from make_batches(lens, indices, max_frames, rng)
 
 
 def ctc_frames_needed(ids: list[int]) -> int:
@@ -216,14 +336,29 @@ def ctc_loss(
     )
 
 
+def per_report(records: list[dict], hyps: list[list[str]]) -> dict:
+    """PER of `hyps` against the records' phonemes, overall and per language (`lang`)."""
+    refs = [r["phonemes"].split() for r in records]
+    by_lang: dict[str, tuple[list, list]] = {}
+    for record, ref, hyp in zip(records, refs, hyps, strict=True):
+        pair = by_lang.setdefault(record["lang"], ([], []))
+        pair[0].append(ref)
+        pair[1].append(hyp)
+    return {
+        "utterances": len(records),
+        "per": phoneme_error_rate(refs, hyps),
+        "per_by_language": {k: phoneme_error_rate(*v) for k, v in sorted(by_lang.items())},
+    }
+
+
 @torch.no_grad()
 def evaluate(
     model: PhonemeRecognizer,
     features: FeatureSet,
-    refs: list[list[str]],
+    records: list[dict],
     batch_frames: int,
-) -> float:
-    """Greedy-decoding PER of `features` against `refs`."""
+) -> dict:
+    """Greedy-decoding PER of `features` against the records' phonemes (`per_report`)."""
     was_training = model.training
     model.eval()
     hyps: list[list[str] | None] = [None] * len(features)
@@ -236,7 +371,7 @@ def evaluate(
         for i, ids in zip(indices, decoded, strict=True):
             hyps[i] = [model.vocab[t] for t in ids]
     model.train(was_training)
-    return phoneme_error_rate(refs, hyps)
+    return per_report(records, hyps)
 
 
 @torch.no_grad()
@@ -244,24 +379,16 @@ def evaluate_from_audio(
     model: PhonemeRecognizer, corpus: Path, records: list[dict], batch: int = 16
 ) -> dict:
     """End-to-end held-out PER (wav files -> `transcribe`), overall and per language."""
-    refs = [r["phonemes"].split() for r in records]
     hyps: list[list[str]] = []
     for start in range(0, len(records), batch):
         chunk = records[start : start + batch]
         audio, lens = pad_batch([load_audio(corpus / r["path"]) for r in chunk])
         hyps.extend(model.transcribe(audio, lens))
-    by_lang: dict[str, tuple[list, list]] = {}
-    for record, ref, hyp in zip(records, refs, hyps, strict=True):
-        pair = by_lang.setdefault(record["lang"], ([], []))
-        pair[0].append(ref)
-        pair[1].append(hyp)
     return {
-        "utterances": len(records),
-        "per": phoneme_error_rate(refs, hyps),
-        "per_by_language": {k: phoneme_error_rate(*v) for k, v in sorted(by_lang.items())},
+        **per_report(records, hyps),
         "examples": [
-            {"text": r["text"], "ref": " ".join(ref), "hyp": " ".join(hyp)}
-            for r, ref, hyp in list(zip(records, refs, hyps, strict=True))[:5]
+            {"text": r["text"], "ref": r["phonemes"], "hyp": " ".join(hyp)}
+            for r, hyp in list(zip(records, hyps, strict=True))[:5]
         ],
     }
 
@@ -284,10 +411,68 @@ def train(args: argparse.Namespace) -> dict:
         torch.set_num_threads(threads)
 
 
+@dataclasses.dataclass
+class Source:
+    """One corpus of a training mixture: its records, features (augmented copies appended
+    after the originals) and CTC targets; `usable` indexes the items CTC can learn from."""
+
+    name: str
+    folder: Path
+    train_records: list[dict]
+    heldout_records: list[dict]
+    train_feats: FeatureSet
+    heldout_feats: FeatureSet
+    targets: list[list[int]]
+    usable: list[int]
+
+
+def source_names(folders: list[Path]) -> list[str]:
+    """Report labels of the corpora: their folder names, numbered where two coincide."""
+    names = [f.name or str(f) for f in folders]
+    return [n if names.count(n) == 1 else f"{n}#{k}" for k, n in enumerate(names)]
+
+
+def load_source(
+    name: str, folder: Path, model: PhonemeRecognizer, copies: int, seed: int
+) -> Source:
+    """A corpus's features (cached in its folder) and targets for `model`'s inventory."""
+    train_records = read_jsonl(folder / "train.jsonl")
+    heldout_records = read_jsonl(folder / "heldout.jsonl")
+    parts = [cached_features(folder, "train", train_records, torch.float16)]
+    parts += [
+        cached_features(folder, "train", train_records, torch.float16, (seed, copy))
+        for copy in range(1, copies + 1)
+    ]
+    train_feats = concat_features(parts)
+    heldout_feats = cached_features(folder, "heldout", heldout_records, torch.float32)
+    # Drop what CTC cannot learn from: tokens outside the inventory, or more labels than frames.
+    known = set(model.phonemes)
+    per_record = []
+    for record in train_records:
+        tokens = record["phonemes"].split()
+        per_record.append(model.encode_phonemes(tokens) if set(tokens) <= known else [])
+    targets = per_record * (copies + 1)
+    usable = [
+        i
+        for i, ids in enumerate(targets)
+        if ids and ctc_frames_needed(ids) <= int(train_feats.lens[i])
+    ]
+    return Source(
+        name, folder, train_records, heldout_records, train_feats, heldout_feats, targets, usable
+    )
+
+
 def _train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
-    corpus, out = Path(args.corpus), Path(args.out)
+    folders = [Path(c) for c in args.corpus]
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    weights = args.corpus_weight or [1.0] * len(folders)
+    if len(weights) != len(folders):
+        raise InputError(
+            f"--corpus-weight: expected one weight per --corpus ({len(folders)}), "
+            f"got {len(weights)}"
+        )
 
     def log(record: dict):
         # Appended line by line, so the log survives an interrupted run.
@@ -300,30 +485,31 @@ def _train(args: argparse.Namespace) -> dict:
             flush=True,
         )
 
-    phonemes = read_inventory(corpus)
-    cfg = dataclasses.replace(
-        DEFAULT_RECOGNIZER_CONFIG,
-        output_size=args.output_size,
-        attention_heads=args.heads,
-        linear_units=args.linear_units,
-        num_blocks=args.num_blocks,
-    )
+    inventories = [read_inventory(f) for f in folders]
+    init = load_recognizer(args.init_from) if args.init_from else None
+    if init is not None:
+        # The initial recogniser fixes the architecture and the ids of its labels.
+        cfg = init.cfg
+        phonemes = merged_inventory(list(init.phonemes), inventories)
+    else:
+        cfg = dataclasses.replace(
+            DEFAULT_RECOGNIZER_CONFIG,
+            output_size=args.output_size,
+            attention_heads=args.heads,
+            linear_units=args.linear_units,
+            num_blocks=args.num_blocks,
+        )
+        phonemes = merged_inventory(inventories[0], inventories[1:])
     model = PhonemeRecognizer(cfg, phonemes)
-    train_records = read_jsonl(corpus / "train.jsonl")
-    heldout_records = read_jsonl(corpus / "heldout.jsonl")
-    train_feats = cached_features(corpus, "train", train_records, torch.float16)
-    heldout_feats = cached_features(corpus, "heldout", heldout_records, torch.float32)
-
-    # Drop what CTC cannot learn from: tokens outside the inventory, or more labels than frames.
-    targets: list[list[int]] = []
-    usable = []
-    for i, record in enumerate(train_records):
-        tokens = record["phonemes"].split()
-        ids = model.encode_phonemes(tokens) if set(tokens) <= set(phonemes) else []
-        targets.append(ids)
-        if ids and ctc_frames_needed(ids) <= int(train_feats.lens[i]):
-            usable.append(i)
-    heldout_refs = [r["phonemes"].split() for r in heldout_records]
+    if init is not None:
+        skipped = init_from_recognizer(model, init)
+        if skipped:
+            raise CheckpointError(f"--init-from: weights that do not fit: {skipped[:5]}")
+        model.train().requires_grad_(True)
+    sources = [
+        load_source(name, folder, model, args.augment_copies, args.seed)
+        for name, folder in zip(source_names(folders), folders, strict=True)
+    ]
 
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(
@@ -342,17 +528,22 @@ def _train(args: argparse.Namespace) -> dict:
             "event": "start",
             "params": params,
             "phonemes": len(phonemes),
-            "train_utterances": len(usable),
-            "skipped_utterances": len(train_records) - len(usable),
-            "heldout_utterances": len(heldout_records),
+            "new_phonemes": len(phonemes) - (len(init.phonemes) if init is not None else 0),
+            "train_utterances": {s.name: len(s.usable) for s in sources},
+            "skipped_utterances": {s.name: len(s.targets) - len(s.usable) for s in sources},
+            "heldout_utterances": {s.name: len(s.heldout_records) for s in sources},
+            "corpus_weights": weights,
             "config": json.dumps(dataclasses.asdict(cfg)),
             "step": step,
         }
     )
 
     info = {
-        "corpus": str(corpus),
-        "train_utterances": len(usable),
+        "corpus": [str(f) for f in folders] if len(folders) > 1 else str(folders[0]),
+        "corpus_weights": weights,
+        "init_from": str(args.init_from) if args.init_from else None,
+        "train_utterances": sum(len(s.usable) for s in sources),
+        "augment_copies": args.augment_copies,
         "steps": args.steps,
         "batch_frames": args.batch_frames,
         "lr": args.lr,
@@ -373,68 +564,125 @@ def _train(args: argparse.Namespace) -> dict:
         checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)
         save_recognizer(model, out, info={**info, "trained_steps": current_step})
 
-    rng = random.Random(args.seed * 1000 + step)
+    def evaluate_all(current_step: int):
+        for s in sources:
+            report = evaluate(model, s.heldout_feats, s.heldout_records, args.batch_frames)
+            log(
+                {
+                    "step": current_step,
+                    "corpus": s.name,
+                    "heldout_per": report["per"],
+                    "per_by_language": report["per_by_language"],
+                }
+            )
+
+    # With one corpus the stream is the earlier single-corpus one (same seed, same batches).
+    streams = [
+        batch_stream(
+            s.train_feats.lens,
+            s.usable,
+            args.batch_frames,
+            random.Random(args.seed * 1000 + step + 7919 * k),
+        )
+        for k, s in enumerate(sources)
+    ]
+    schedule = MixtureSchedule(weights)
     augment_rng = torch.Generator().manual_seed(args.seed * 1000 + step)
     start = time.perf_counter()
     losses: list[float] = []
     frames_seen = 0
     model.train()
-    stop = False
-    while not stop:
-        for indices in make_batches(train_feats.lens, usable, args.batch_frames, rng):
-            elapsed = elapsed_before + time.perf_counter() - start
-            if step >= args.steps or elapsed > 60 * args.max_minutes:
-                stop = True
-                break
-            # The schedule ends at --steps or at --max-minutes, whichever comes first, so a
-            # time-limited run still finishes its decay.
-            progress = max(step / args.steps, elapsed / (60 * args.max_minutes))
-            lr = learning_rate(step, progress, args.lr, args.warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            feats, lens = train_feats.batch(indices)
-            if args.spec_augment:
-                feats = spec_augment(feats, lens, augment_rng)
-            loss = ctc_loss(model, feats, lens, [targets[i] for i in indices])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            optimizer.step()
-            step += 1
-            losses.append(loss.item())
-            frames_seen += int(lens.sum())
-            if step % args.log_every == 0 or step == 1:
-                log(
-                    {
-                        "step": step,
-                        "loss": sum(losses) / len(losses),
-                        "grad_norm": float(grad_norm),
-                        "lr": lr,
-                        "minutes": (elapsed_before + time.perf_counter() - start) / 60,
-                        "frames_per_s": frames_seen / max(1e-9, time.perf_counter() - start),
-                    }
-                )
-                losses = []
-            if step % args.eval_every == 0:
-                per = evaluate(model, heldout_feats, heldout_refs, args.batch_frames)
-                log({"step": step, "heldout_per": per})
-            if step % args.save_every == 0:
-                save(step, elapsed_before + time.perf_counter() - start)
+    while True:
+        elapsed = elapsed_before + time.perf_counter() - start
+        if step >= args.steps or elapsed > 60 * args.max_minutes:
+            break
+        # The schedule ends at --steps or at --max-minutes, whichever comes first, so a
+        # time-limited run still finishes its decay.
+        progress = max(step / args.steps, elapsed / (60 * args.max_minutes))
+        lr = learning_rate(step, progress, args.lr, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        k = schedule.next()
+        source, indices = sources[k], next(streams[k])
+        feats, lens = source.train_feats.batch(indices)
+        if args.spec_augment:
+            feats = spec_augment(feats, lens, augment_rng)
+        loss = ctc_loss(model, feats, lens, [source.targets[i] for i in indices])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        frames_seen += int(lens.sum())
+        if step % args.log_every == 0 or step == 1:
+            log(
+                {
+                    "step": step,
+                    "loss": sum(losses) / len(losses),
+                    "grad_norm": float(grad_norm),
+                    "lr": lr,
+                    "minutes": (elapsed_before + time.perf_counter() - start) / 60,
+                    "frames_per_s": frames_seen / max(1e-9, time.perf_counter() - start),
+                    "batches_by_corpus": dict(
+                        zip([s.name for s in sources], schedule.taken, strict=True)
+                    ),
+                }
+            )
+            losses = []
+        if step % args.eval_every == 0:
+            evaluate_all(step)
+        if step % args.save_every == 0:
+            save(step, elapsed_before + time.perf_counter() - start)
     elapsed = elapsed_before + time.perf_counter() - start
     save(step, elapsed)
 
     # The exported (fp16-stored) recogniser, run end to end from the held-out wav files.
-    result = evaluate_from_audio(load_recognizer(out), corpus, heldout_records)
+    exported = load_recognizer(out)
+    by_corpus = {
+        s.name: evaluate_from_audio(exported, s.folder, s.heldout_records) for s in sources
+    }
+    result = {"by_corpus": by_corpus} if len(sources) > 1 else dict(by_corpus[sources[0].name])
     result.update({"steps": step, "train_minutes": elapsed / 60, "params": params})
     (out / "eval.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), "utf-8")
-    log({"event": "end", "step": step, "heldout_per": result["per"], "minutes": elapsed / 60})
+    log(
+        {
+            "event": "end",
+            "step": step,
+            "heldout_per": {name: r["per"] for name, r in by_corpus.items()},
+            "minutes": elapsed / 60,
+        }
+    )
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
     d: SenseVoiceConfig = DEFAULT_RECOGNIZER_CONFIG
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", required=True, help="folder made by scripts/make_corpus.py")
+    parser.add_argument(
+        "--corpus",
+        required=True,
+        action="append",
+        help="folder made by scripts/make_corpus.py; repeat it to train on a mixture",
+    )
+    parser.add_argument(
+        "--corpus-weight",
+        type=float,
+        action="append",
+        help="share of the batches drawn from each --corpus, in their order (default equal)",
+    )
+    parser.add_argument(
+        "--init-from",
+        help="start from this exported recogniser folder (its architecture and labels; "
+        "labels new in the corpora get fresh CTC rows)",
+    )
+    parser.add_argument(
+        "--augment-copies",
+        type=int,
+        default=0,
+        help="also train on K copies of every training clip through "
+        "flexicodec_fast.augment.random_augment (seeded by --seed, cached)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps (lr schedule)")
     parser.add_argument(
@@ -469,12 +717,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_frames < 1 or args.warmup < 1:
         parser.error("--steps, --batch-frames and --warmup must be >= 1")
+    if args.augment_copies < 0:
+        parser.error("--augment-copies must be >= 0")
     result = train(args)
-    json.dump(
-        {k: result[k] for k in ("per", "per_by_language", "steps", "train_minutes")},
-        sys.stdout,
-        indent=1,
+    reports = result.get("by_corpus")
+    keys = ("per", "per_by_language")
+    summary = (
+        {k: {name: r[k] for name, r in reports.items()} for k in keys}
+        if reports
+        else {k: result[k] for k in keys}
     )
+    summary.update(steps=result["steps"], train_minutes=result["train_minutes"])
+    json.dump(summary, sys.stdout, indent=1, ensure_ascii=False)
     print()
     return result
 
