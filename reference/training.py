@@ -64,6 +64,15 @@ class TrainingForwardConfig:
         the semantic part only, acoustic losses 0).
     dither: front-end dither (1.0 = official training; it draws from the global generator).
     mel: settings of the multi-scale mel loss.
+    repa_isolated: False is the official REPA term, whose gradient also reaches the DAC
+        encoder output twice: through its target `sem + ac` and, through the
+        straight-through estimator, through the quantised latent that the bottleneck reads.
+        The quantiser erases the scale of its input (codes by cosine distance, raw codebook
+        rows out), so nothing the bottleneck sees can follow that scale, and the second
+        path pushes it up (docs/phase2_divergence.md). True trains the same value only into
+        the bottleneck transformer, its head and the semantic branch: the target and the
+        quantised acoustic latent are detached, and the bottleneck runs once more on the
+        detached latent for the head (no extra pass on bypassed batches).
     """
 
     threshold_lower: float | None = None
@@ -72,6 +81,7 @@ class TrainingForwardConfig:
     bypass_quantize_rate: float = 0.125
     dither: float = 1.0
     mel: MelLossSettings = field(default_factory=MelLossSettings)
+    repa_isolated: bool = False
 
 
 @dataclass
@@ -88,6 +98,13 @@ class TrainingOutputs:
     window: the fixed window of this batch (None unless `aggregator: fixed_window`)
     bypassed: whether the acoustic RVQ was skipped
     num_groups: `[B]` tokens per item; frames: 12.5 Hz frames per item
+    acoustic_latent: `[B, D, T]` the DAC encoder's output, in the graph (the trainer's
+            gradient probe differentiates single loss terms with respect to it)
+    scales: detached scalars that show a latent drifting: `encoder_rms` (RMS of the DAC
+            encoder output), `rvq_input_rms` (of the RVQ input `ac_tok - sem_dec`,
+            `[B, D, G]`), `rvq_latent_rms` (of every stage's projected latent `z_e`,
+            `[B, sum d_k, G]`, which the commitment loss compares with raw codebook rows;
+            NaN when the RVQ was bypassed)
     """
 
     audio: torch.Tensor
@@ -98,6 +115,8 @@ class TrainingOutputs:
     num_groups: torch.Tensor
     frames: int
     window: int | None = None
+    acoustic_latent: torch.Tensor | None = None
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def attach_repa_head(model: nn.Module) -> nn.Module:
@@ -271,31 +290,41 @@ def training_step_outputs(
 
     bypassed = random.random() < cfg.bypass_quantize_rate
     ar = zero
+    rvq_input = ac_tokens - sem_decoded
     if bypassed:
         latent, commitment, codebook = sem_decoded, zero, zero
+        stage_latents = audio.new_full((), float("nan"))
     else:
         predictor = getattr(model, "ar_predictor", None)
         stages = [] if predictor is not None else None
-        quantized, _, _, commitment, codebook = model.dac.quantizer(
-            ac_tokens - sem_decoded, *rvq_args, stage_outputs=stages
+        quantized, _, stage_latents, commitment, codebook = model.dac.quantizer(
+            rvq_input, *rvq_args, stage_outputs=stages
         )
         latent = quantized + sem_decoded
         if predictor is not None:
             ar = predictor.loss(stages[:3], seg.num_groups)
 
-    if windowed:
-        z = model.window_decoder(latent, frames, window, lengths)
-    elif dynamic:
-        z = expand_groups(latent.transpose(1, 2), seg.token_lengths, frames).transpose(1, 2)
-    else:
-        z = latent
+    def frame_rate(tokens: torch.Tensor) -> torch.Tensor:
+        if windowed:
+            return model.window_decoder(tokens, frames, window, lengths)
+        if dynamic:
+            return expand_groups(tokens.transpose(1, 2), seg.token_lengths, frames).transpose(1, 2)
+        return tokens
+
+    z = frame_rate(latent)
     repa = zero
     if (dynamic or windowed) and model.bottleneck_transformer is not None:
         z = model.bottleneck_transformer(z)
         head = getattr(model, "repa_mlp", None)
         if head is not None:
             repa_target = sem if bypassed else sem + ac
-            repa = F.mse_loss(head(z.transpose(1, 2)).transpose(1, 2), repa_target)
+            repa_input = z
+            if cfg.repa_isolated and not bypassed:
+                repa_target = repa_target.detach()
+                repa_input = model.bottleneck_transformer(
+                    frame_rate(quantized.detach() + sem_decoded)
+                )
+            repa = F.mse_loss(head(repa_input.transpose(1, 2)).transpose(1, 2), repa_target)
     decoded = model.dac.decoder(z)
 
     length = min(decoded.shape[-1], num_samples)
@@ -322,7 +351,17 @@ def training_step_outputs(
         num_groups=seg.num_groups,
         frames=frames,
         window=window,
+        acoustic_latent=ac,
+        scales={
+            "encoder_rms": _rms(ac),
+            "rvq_input_rms": _rms(rvq_input),
+            "rvq_latent_rms": _rms(stage_latents),
+        },
     )
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().float().pow(2).mean().sqrt()
 
 
 class TrainingForward(nn.Module):

@@ -143,12 +143,18 @@ class TrainingConfig:
     REPA losses alone (about half the step time on CPU; the adversarial terms log as 0);
     fixed_threshold / threshold_lower / threshold_upper / bypass_quantize_rate / dither: the
     training forward (see `TrainingForwardConfig`); repa: train the REPA head;
+    repa_isolated: the REPA term trains only the bottleneck transformer, its head and the
+    semantic branch, not the acoustic encoder, aggregator and RVQ (false = the official
+    term, whose straight-through gradient made phase 2 diverge with the GAN terms on:
+    docs/phase2_divergence.md; `TrainingForwardConfig.repa_isolated`);
     sensevoice_path: SenseVoiceSmall folder whose model.pt gives the frozen SenseVoice
     weights (else they stay random: fine for tests, not for real training);
     save_sensevoice: write the frozen SenseVoice into every checkpoint (makes it loadable
     with `prepare_model` alone); spd_joint_from_step: STACodec's two-stage schedule, the SPD
     loss weighs 0 before this step and `loss_weights.spd` from it on; semantic_vocab: how the
-    `semantic_rvq` vocabulary is made (`SemanticVocabConfig`)."""
+    `semantic_rvq` vocabulary is made (`SemanticVocabConfig`); probe_every: every this many
+    steps (0 = never) the log's `probe_<term>` columns get the gradient norm of each weighted
+    loss term with respect to the DAC encoder output (one extra backward pass per term)."""
 
     seed: int = 0
     phase: int | None = None
@@ -164,9 +170,11 @@ class TrainingConfig:
     bypass_quantize_rate: float = 0.125
     dither: float = 1.0
     repa: bool = True
+    repa_isolated: bool = False
     sensevoice_path: str | None = None
     save_sensevoice: bool = True
     spd_joint_from_step: int = 0
+    probe_every: int = 0
     semantic_vocab: SemanticVocabConfig = field(default_factory=SemanticVocabConfig)
     init_from: InitFrom | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -195,6 +203,7 @@ class TrainConfig:
             bypass_quantize_rate=t.bypass_quantize_rate,
             dither=t.dither,
             mel=t.mel_loss,
+            repa_isolated=t.repa_isolated,
         )
 
 
@@ -271,6 +280,8 @@ def _check(t: TrainingConfig, model: FlexiCodecConfig | None) -> None:
         fail("log_every", "an integer >= 1", t.log_every)
     if t.discriminator_start < 0:
         fail("discriminator_start", "an integer >= 0", t.discriminator_start)
+    if t.probe_every < 0:
+        fail("probe_every", "an integer >= 0 (0 = never)", t.probe_every)
     if t.spd_joint_from_step < 0:
         fail("spd_joint_from_step", "an integer >= 0", t.spd_joint_from_step)
     if t.semantic_vocab.fit_batches < 1:

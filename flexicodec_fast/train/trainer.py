@@ -3,7 +3,8 @@
 Run folder layout:
 
     RUN_DIR/train_config.yaml       the training YAML as used
-    RUN_DIR/train_log.csv           one row per step: every loss, lr, grad norms
+    RUN_DIR/train_log.csv           one row per step: every loss, lr, grad norms (total and
+                                    per module), latent and codebook scales, gradient probes
     RUN_DIR/step_XXXXXXXX/          a checkpoint
         model.safetensors           FlexiCodec weights, official key layout (+ repa_mlp.*)
         config.yaml                 official-layout model config: `prepare_model(model.safetensors,
@@ -66,6 +67,52 @@ from .data import BucketBatches, CropDataset, collate, find_audio_files, scan_fi
 
 log = logging.getLogger("flexicodec_fast.train")
 
+# Generator parameters by module (the first name component; `dac.*` split into its encoder,
+# quantizer and decoder), for the per-group gradient norms `grad_<group>` of the log: a run
+# that diverges shows which part's gradients grew first. Modules not named here (training
+# heads of the related-codec options) count as `other`.
+GRAD_GROUPS = (
+    "encoder",
+    "quantizer",
+    "decoder",
+    "semantic",
+    "aggregators",
+    "bottleneck",
+    "repa",
+    "other",
+)
+_GROUP_OF_MODULE = {
+    "dac.encoder": "encoder",
+    "dac.quantizer": "quantizer",
+    "dac.decoder": "decoder",
+    "convnext_encoder": "semantic",
+    "convnext_decoder": "semantic",
+    "compressor": "semantic",
+    "decompressor": "semantic",
+    "semantic_vq": "semantic",
+    "semantic_aggregator": "aggregators",
+    "acoustic_aggregator": "aggregators",
+    "window_decoder": "aggregators",
+    "bottleneck_transformer": "bottleneck",
+    "repa_mlp": "repa",
+}
+# Scales of the latents (`TrainingOutputs.scales`) and of the RVQ codebooks (`codebook_rms`:
+# RMS of every stage's raw codebook entries; the commitment and codebook losses compare these
+# rows with the projected latents, whose RMS is `rvq_latent_rms`).
+SCALE_COLUMNS = ("encoder_rms", "rvq_input_rms", "rvq_latent_rms", "codebook_rms")
+# Weighted loss terms whose gradient g with respect to the DAC encoder output `ac` is probed
+# every `training.probe_every` steps: `probe_<term>` = |g|, `radial_<term>` = <g, ac> / |ac|,
+# the part of g along `ac` (negative: a gradient step on this term alone makes `ac` larger).
+PROBED_TERMS = (
+    "mel",
+    "commitment",
+    "codebook",
+    "distill",
+    "repa",
+    "adversarial",
+    "feature_matching",
+)
+
 LOG_COLUMNS = (
     "step",
     "epoch",
@@ -88,10 +135,15 @@ LOG_COLUMNS = (
     "loss_d",
     "grad_norm_g",
     "grad_norm_d",
+    *(f"grad_{group}" for group in GRAD_GROUPS),
+    *SCALE_COLUMNS,
+    *(f"probe_{term}" for term in PROBED_TERMS),
+    *(f"radial_{term}" for term in PROBED_TERMS),
     "seconds",
 )
-# Columns averaged over processes (the rest are process 0's).
-REDUCED_COLUMNS = LOG_COLUMNS[LOG_COLUMNS.index("loss_g") : LOG_COLUMNS.index("grad_norm_d") + 1]
+# Columns averaged over processes (the rest are process 0's). The probe columns are empty on
+# most steps, so they stay process 0's.
+REDUCED_COLUMNS = LOG_COLUMNS[LOG_COLUMNS.index("loss_g") : LOG_COLUMNS.index("codebook_rms") + 1]
 CHECKPOINT_PATTERN = re.compile(r"step_(\d{8})")
 
 
@@ -359,6 +411,39 @@ def _model_from_checkpoint(folder: Path, cfg: TrainConfig) -> FlexiCodec:
     return model
 
 
+def gradient_groups(codec: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The trainable parameters of `codec` in the groups of `GRAD_GROUPS` (every group is
+    present, possibly empty)."""
+    groups: dict[str, list[nn.Parameter]] = {g: [] for g in GRAD_GROUPS}
+    for name, p in codec.named_parameters():
+        if not p.requires_grad:
+            continue
+        parts = name.split(".")
+        module = ".".join(parts[:2]) if parts[0] == "dac" else parts[0]
+        groups[_GROUP_OF_MODULE.get(module, "other")].append(p)
+    return groups
+
+
+def group_grad_norms(groups: dict[str, list[nn.Parameter]]) -> dict[str, float]:
+    """`{"grad_<group>": l2 norm of the group's gradients}` (0 for a group without any)."""
+    norms = {}
+    for group, params in groups.items():
+        grads = [p.grad.detach().float() for p in params if p.grad is not None]
+        total = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else 0.0
+        norms[f"grad_{group}"] = float(total)
+    return norms
+
+
+def codebook_rms(codec: nn.Module) -> float:
+    """RMS of every entry of the acoustic RVQ's codebooks (`dac.quantizer.*codebook.weight`)."""
+    rows = [
+        p.detach().float().reshape(-1)
+        for name, p in codec.dac.quantizer.named_parameters()
+        if name.endswith("codebook.weight")
+    ]
+    return float(torch.cat(rows).pow(2).mean().sqrt())
+
+
 def build_discriminator(cfg: TrainConfig) -> Discriminator:
     d = cfg.training.discriminator
     return Discriminator(d.periods, d.fft_sizes, d.mpd_channels, d.mrd_channels)
@@ -475,6 +560,7 @@ class Trainer:
         self.disc = disc.to(self.device).train()
 
         self.gen_params = [p for p in self.codec.parameters() if p.requires_grad]
+        self.grad_groups = gradient_groups(self.codec)
         o = self.t.optimizer
         self.opt_g = torch.optim.AdamW(
             self.gen_params, o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
@@ -690,6 +776,26 @@ class Trainer:
             "feature_matching": feature_matching_loss(d_fake, d_real),
         }
 
+    def _probe(self, latent: torch.Tensor, terms: dict, weights: dict) -> dict:
+        """For `PROBED_TERMS`, with g = d (weight * term) / d latent: `probe_<term>` = |g|
+        and `radial_<term>` = <g, latent> / |latent|, on the steps whose logged number is a
+        multiple of `training.probe_every` (empty strings on other steps, 0 for a term that
+        does not reach `latent`). One extra backward pass per term, through the graph that
+        the step's own backward then uses."""
+        every = self.t.probe_every
+        if not every or (self.step + 1) % every:
+            return {f"{kind}_{term}": "" for kind in ("probe", "radial") for term in PROBED_TERMS}
+        probes = {}
+        direction = latent.detach() / latent.detach().norm()
+        for term in PROBED_TERMS:
+            loss = weights[term] * terms[term]
+            grad = None
+            if loss.requires_grad:
+                (grad,) = torch.autograd.grad(loss, latent, retain_graph=True, allow_unused=True)
+            probes[f"probe_{term}"] = 0.0 if grad is None else float(grad.norm())
+            probes[f"radial_{term}"] = 0.0 if grad is None else float((grad * direction).sum())
+        return probes
+
     def train_step(self, audio: torch.Tensor) -> dict:
         """One discriminator and one generator update on `audio` `[B, N]`; returns the
         values of this step's log row (this process's)."""
@@ -720,13 +826,17 @@ class Trainer:
         }
         loss_g = sum(weights[k] * terms[k] for k in weights)
         lr = self.opt_g.param_groups[0]["lr"]
+        probes = self._probe(out.acoustic_latent, terms, weights)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        group_norms = group_grad_norms(self.grad_groups)
         grad_g = nn.utils.clip_grad_norm_(self.gen_params, o.grad_clip)
         self.opt_g.step()
         self.sched_g.step()
 
         values = {k: float(v.detach()) for k, v in terms.items()}
+        values.update({k: float(v) for k, v in out.scales.items()})
+        values.update(group_norms, codebook_rms=codebook_rms(self.codec), **probes)
         values.update(
             lr=lr,
             threshold="" if out.threshold is None else out.threshold,
