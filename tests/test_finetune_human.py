@@ -2,15 +2,25 @@
 new recogniser's, not the old bundle's (a non-strict init would load the old one over it)."""
 
 import importlib.util
+import subprocess
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
 from flexicodec_fast.asr.recognizer import DEFAULT_RECOGNIZER_DIR, load_recognizer, save_recognizer
+from flexicodec_fast.loading import BUILTIN_DIR
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "builtin" / "finetune_human.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("finetune_human", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def test_finetuned_bundle_carries_the_new_recognizer(tmp_path, fixture_clips):
@@ -23,9 +33,7 @@ def test_finetuned_bundle_carries_the_new_recognizer(tmp_path, fixture_clips):
     data.mkdir()
     for name in ("clipA", "clipC"):
         sf.write(data / f"{name}.wav", fixture_clips[name][:16000].numpy(), 16000)
-    spec = importlib.util.spec_from_file_location("finetune_human", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _load_script()
     out = tmp_path / "out"
     args = ["--recognizer", str(tmp_path / "rec"), "--data", str(data), "--out", str(out)]
     assert script.main([*args, "--max-steps", "1", "--batch-size", "2", "--quiet"]) == 0
@@ -37,3 +45,42 @@ def test_finetuned_bundle_carries_the_new_recognizer(tmp_path, fixture_clips):
     assert semantic and set(semantic) == {k for k in new if not k.startswith("ctc.")}
     for key, value in semantic.items():
         assert torch.equal(value, new[key]), key
+
+
+@pytest.mark.slow
+def test_gpu_finetune_dry_run_brings_back_what_assembles_the_bundle(tmp_path, fixture_clips):
+    """scripts/builtin/gpu_finetune.sh --dry-run (CPU, 2 steps): its files, and the bundle
+    `--assemble` makes of them is the fine-tuned bundle, tensor for tensor."""
+    repo = SCRIPT.parents[2]
+    work = tmp_path / "repo"
+    work.mkdir()
+    for entry in ("flexicodec_fast", "reference", "kernels", "scripts", "pyproject.toml"):
+        (work / entry).symlink_to(repo / entry)
+    audio = work / "gpu_data" / "audio"
+    audio.mkdir(parents=True)
+    for name in ("clipA", "clipC"):
+        sf.write(audio / f"{name}.wav", fixture_clips[name][:16000].numpy(), 16000)
+    (work / "gpu_data" / "recognizer").symlink_to(DEFAULT_RECOGNIZER_DIR)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["bash", str(work / "scripts" / "builtin" / "gpu_finetune.sh"), "--dry-run", str(out)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["codec.safetensors", "config.yaml", "finetune.log", "train_log.csv"]
+    codec = load_file(str(out / "codec.safetensors"))
+    assert codec and not any(k.startswith("semantic_model.") for k in codec)
+    script = _load_script()
+    args = ["--recognizer", str(DEFAULT_RECOGNIZER_DIR), "--out", str(tmp_path / "asm")]
+    assemble = [str(out / "codec.safetensors"), str(out / "config.yaml")]
+    assert script.main([*args, "--assemble", *assemble]) == 0
+    bundle = load_file(str(tmp_path / "asm" / "bundle" / "model.safetensors"))
+    builtin = load_file(str(BUILTIN_DIR / "model.safetensors"))
+    assert sorted(bundle) == sorted(builtin)
+    for key, value in bundle.items():
+        want = codec[key] if key in codec else builtin[key]  # the encoder: the recogniser's
+        assert torch.equal(value, want), key

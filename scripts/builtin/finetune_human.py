@@ -13,14 +13,20 @@
 4. exports the last checkpoint as a bundle folder, `OUT/bundle` (`model.safetensors` +
    `config.yaml`, what `scripts/evaluate_builtin.py --model-dir` reads; copy it over
    `flexicodec_fast/assets/builtin/`, and the recogniser over `assets/recognizer/`, to ship).
+
+`--assemble CODEC.safetensors CONFIG.yaml` trains nothing: it writes `OUT/bundle` from a
+bundle without its semantic encoder (what `gpu_finetune.sh` brings back from a GPU) and the
+recogniser's encoder weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
@@ -37,12 +43,24 @@ from flexicodec_fast.train.trainer import train  # noqa: E402
 SEMANTIC_PREFIX = "semantic_model."
 
 
+def assemble(codec: Path, config: Path, sensevoice: Path, out: Path) -> Path:
+    """`out/model.safetensors` (fp16) = `codec`'s tensors + the SenseVoice folder's encoder
+    weights under `semantic_model.`; `out/config.yaml` = `config`."""
+    state = load_file(str(codec))
+    encoder = torch.load(sensevoice / "model.pt", map_location="cpu", weights_only=True)
+    state.update({SEMANTIC_PREFIX + k: v.half() for k, v in encoder.items()})
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    shutil.copy(config, out / "config.yaml")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--recognizer", type=Path, required=True, help="recogniser folder")
-    parser.add_argument("--data", type=Path, nargs="+", required=True, help="training audio")
+    parser.add_argument("--data", type=Path, nargs="+", help="training audio")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--config", type=Path, default=Path(__file__).with_name("phase3_human.yaml")
@@ -51,12 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--batch-size", type=int, help="default: the config's")
+    parser.add_argument("--workers", type=int, help="data loader processes (default: config's)")
+    parser.add_argument(
+        "--assemble", type=Path, nargs=2, metavar=("CODEC", "CONFIG"), help="see above"
+    )
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if not args.assemble and not args.data:
+        parser.error("--data is required (unless --assemble)")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     sensevoice = write_sensevoice_folder(args.recognizer, out / "sensevoice")
+    if args.assemble:
+        print(assemble(*args.assemble, sensevoice, out / "bundle"))
+        return 0
     init = out / "init.safetensors"
     kept = {k: v for k, v in load_file(str(args.init)).items() if not k.startswith(SEMANTIC_PREFIX)}
     save_file(kept, str(init))
@@ -64,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         "sensevoice_path": str(sensevoice.resolve()),
         "init_from": {"checkpoint": str(init.resolve()), "strict": False},
     }
-    if args.batch_size is not None:
-        training["data"] = {"batch_size": args.batch_size}
+    data = {"batch_size": args.batch_size, "num_workers": args.workers}
+    data = {k: v for k, v in data.items() if v is not None}
+    if data:
+        training["data"] = data
     run_yaml = out / "run.yaml"
     run_yaml.write_text(
         yaml.safe_dump({"base": str(args.config.resolve()), "training": training}, sort_keys=False)
