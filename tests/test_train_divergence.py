@@ -7,11 +7,13 @@ import dataclasses
 import math
 import random
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 from signals import harmonic_tone
 
 from flexicodec_fast.reference.training import training_step_outputs
@@ -200,3 +202,18 @@ def test_isolated_repa_on_bypassed_batches_is_the_official_term():
         (g is None and iso_grads[n] is None) or torch.equal(g, iso_grads[n])
         for n, g in grads.items()
     )
+
+
+def test_phase2k_fine_tunes_the_bundle_with_the_gan_terms_and_isolated_repa():
+    """The GPU recipe of docs/phase2_divergence.md: the bundle's architecture and weights,
+    the adversarial terms on from the first step, the REPA term isolated."""
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_train_config(repo / "scripts" / "builtin" / "phase2k.yaml")
+    t = cfg.training
+    assert t.phase == 2 and t.discriminator_start == 0 and t.repa_isolated
+    assert t.init_from is not None and not t.init_from.strict
+    assert (repo / t.init_from.checkpoint).is_file()
+    bundled = yaml.safe_load((repo / t.init_from.checkpoint).with_name("config.yaml").read_text())
+    model = {k: v for k, v in vars(cfg.model).items() if k != "use_similarity_alignment"}
+    assert all(bundled["model"].get(k, v) == v for k, v in model.items())
+    assert bundled["model"]["use_similarity_alignment"] is True
