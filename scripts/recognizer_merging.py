@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--corpus", required=True, help="folder made by scripts/make_corpus.py")
     parser.add_argument("--split", default="heldout", choices=("train", "heldout"))
     parser.add_argument("--num", type=int, default=None, help="only the first NUM clips")
+    parser.add_argument(
+        "--thresholds", type=float, nargs="+", default=list(THRESHOLDS), help="merging thresholds"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
@@ -124,8 +127,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = read_jsonl(corpus / f"{args.split}.jsonl")[: args.num]
     model = prepare_model(device="cpu")
     model.semantic_model.load_state_dict(load_recognizer(args.recognizer).encoder_state_dict())
-    rows = summarise(measure(model, corpus, records))
-    print(markdown(rows))
+    thresholds = tuple(args.thresholds)
+    rows = summarise(measure(model, corpus, records, thresholds), thresholds)
+    print(markdown(rows, thresholds))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1), encoding="utf-8")
     sys.stdout.flush()
