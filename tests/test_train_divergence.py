@@ -206,7 +206,8 @@ def test_isolated_repa_on_bypassed_batches_is_the_official_term():
 
 def test_phase2k_fine_tunes_the_bundle_with_the_gan_terms_and_isolated_repa():
     """The GPU recipe of docs/phase2_divergence.md: the bundle's architecture and weights,
-    the adversarial terms on from the first step, the REPA term isolated."""
+    the adversarial terms on from the first step, the REPA term isolated; its CPU variant
+    changes only the batch, the data workers, the warm-up and the logging intervals."""
     repo = Path(__file__).resolve().parents[1]
     cfg = load_train_config(repo / "scripts" / "builtin" / "phase2k.yaml")
     t = cfg.training
@@ -217,3 +218,9 @@ def test_phase2k_fine_tunes_the_bundle_with_the_gan_terms_and_isolated_repa():
     model = {k: v for k, v in vars(cfg.model).items() if k != "use_similarity_alignment"}
     assert all(bundled["model"].get(k, v) == v for k, v in model.items())
     assert bundled["model"]["use_similarity_alignment"] is True
+    cpu = load_train_config(repo / "scripts" / "builtin" / "phase2k_cpu.yaml")
+    changed = {"checkpoint_every", "probe_every", "data", "optimizer"}
+    same = {k: v for k, v in vars(t).items() if k not in changed}
+    assert {k: v for k, v in vars(cpu.training).items() if k not in changed} == same
+    assert cpu.model == cfg.model and cpu.training.data.batch_size == 4
+    assert dataclasses.replace(cpu.training.optimizer, warmup_steps=200) == t.optimizer
