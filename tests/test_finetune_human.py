@@ -2,12 +2,12 @@
 new recogniser's, not the old bundle's (a non-strict init would load the old one over it)."""
 
 import importlib.util
-import subprocess
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
+from dry_run import dry_run
 from safetensors.torch import load_file
 
 from flexicodec_fast.asr.recognizer import DEFAULT_RECOGNIZER_DIR, load_recognizer, save_recognizer
@@ -62,14 +62,7 @@ def test_gpu_finetune_dry_run_brings_back_what_assembles_the_bundle(tmp_path, fi
         sf.write(audio / f"{name}.wav", fixture_clips[name][:16000].numpy(), 16000)
     (work / "gpu_data" / "recognizer").symlink_to(DEFAULT_RECOGNIZER_DIR)
     out = tmp_path / "out"
-    proc = subprocess.run(
-        ["bash", str(work / "scripts" / "builtin" / "gpu_finetune.sh"), "--dry-run", str(out)],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    dry_run(work / "scripts" / "builtin" / "gpu_finetune.sh", out, cwd=work, timeout=600)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["codec.safetensors", "config.yaml", "finetune.log", "train_log.csv"]
     codec = load_file(str(out / "codec.safetensors"))

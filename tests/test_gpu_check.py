@@ -4,27 +4,17 @@ part but the CUDA ones and writes the report a GPU session reads first."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from dry_run import dry_run
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_writes_a_complete_report(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "OUT"}
-    proc = subprocess.run(
-        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run", str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    dry_run(REPO / "bench" / "gpu_check.sh", tmp_path, cwd=REPO, timeout=300)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["gpu-check.log", "gpu-engine.json", "gpu-engine.md", "gpu-pytest.txt"]
 
