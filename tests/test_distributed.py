@@ -294,10 +294,10 @@ def test_a_failing_batch_is_retried_clip_by_clip(monkeypatch, model):
     clips = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (9000, 8000, 7000)]
     run = Engine._encode_batch
 
-    def out_of_memory(self, key, sources):
+    def out_of_memory(self, key, sources, credit):
         if len(sources) > 1 or sources[0][0].shape[0] == 8000:
             raise torch.OutOfMemoryError("CUDA out of memory (planted)")
-        return run(self, key, sources)
+        return run(self, key, sources, credit)
 
     monkeypatch.setattr(Engine, "_encode_batch", out_of_memory)
     actor = Encoder({"tiny_seed": 0}, EncodeOptions(num_quantizers=NQ), 4, None, 1, False)
