@@ -273,6 +273,7 @@ def test_demo_runs_on_the_builtin_model(tmp_path, capsys, monkeypatch):
     assert f"recogniser hears in the decoded: {' '.join(heard_out)}\n" in out
     assert f"decoded vs input: {errors:.1%} phoneme error rate ({len(heard_in)} phonemes)\n" in out
     assert len(heard_in) >= 30 and errors <= 0.4
+    assert "on human input this check says little" in out
 
 
 def test_demo_on_silence_gives_no_error_rate(tmp_path, capsys):
