@@ -26,7 +26,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
@@ -37,6 +36,7 @@ from export_builtin import export  # noqa: E402
 
 from flexicodec_fast.asr.sensevoice_folder import write_sensevoice_folder  # noqa: E402
 from flexicodec_fast.loading import BUILTIN_DIR  # noqa: E402
+from flexicodec_fast.reference.checkpoint import read_state_dict  # noqa: E402
 from flexicodec_fast.train.config import load_train_config  # noqa: E402
 from flexicodec_fast.train.trainer import train  # noqa: E402
 
@@ -47,7 +47,7 @@ def assemble(codec: Path, config: Path, sensevoice: Path, out: Path) -> Path:
     """`out/model.safetensors` (fp16) = `codec`'s tensors + the SenseVoice folder's encoder
     weights under `semantic_model.`; `out/config.yaml` = `config`."""
     state = load_file(str(codec))
-    encoder = torch.load(sensevoice / "model.pt", map_location="cpu", weights_only=True)
+    encoder = read_state_dict(sensevoice / "model.pt", "sensevoice model.pt")
     state.update({SEMANTIC_PREFIX + k: v.half() for k, v in encoder.items()})
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))

@@ -19,20 +19,10 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
-import torch
 
-from flexicodec_fast.resampling import resample
+from flexicodec_fast.evaluate import read_16k
 from flexicodec_fast.train.data import AUDIO_EXTENSIONS, SAMPLE_RATE
-
-
-def _audio_16k(path: Path) -> np.ndarray:
-    """A file as 16 kHz mono float32 `[N]`."""
-    wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    return resample(
-        torch.from_numpy(np.ascontiguousarray(wav.mean(axis=1))), rate, SAMPLE_RATE
-    ).numpy()
 
 
 def pack(sources: list[Path], out: Path, max_bytes: int, seed: int = 0) -> dict:
@@ -50,7 +40,7 @@ def pack(sources: list[Path], out: Path, max_bytes: int, seed: int = 0) -> dict:
             if not files or used >= max_bytes:
                 continue
             path = files.pop()
-            audio = _audio_16k(path)
+            audio = read_16k(path).numpy()
             name = path.relative_to(source).with_suffix(".ogg")
             target = out / str(index) / name
             target.parent.mkdir(parents=True, exist_ok=True)
