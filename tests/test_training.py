@@ -199,6 +199,47 @@ def test_discriminator_warm_up_leaves_the_discriminator_untouched(data_dir, tmp_
     assert any(not torch.equal(v, initial[k]) for k, v in later.disc.state_dict().items())
 
 
+def test_generator_waits_for_adversarial_start_while_the_discriminator_trains(data_dir, tmp_path):
+    """Before adversarial_start the generator learns exactly what a GAN-free step teaches it
+    (same weights as a run whose discriminator waits), while the discriminator already
+    trains; from adversarial_start on both adversarial terms reach the generator."""
+    common = dict(checkpoint_every=2, bypass_quantize_rate=0.0, dither=0.0)
+    waiting = _quiet_trainer(
+        _tiny(discriminator_start=0, adversarial_start=2, **common), data_dir, tmp_path / "w", 2
+    )
+    initial = {k: v.clone() for k, v in waiting.disc.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        waiting.run()
+    # Built after the first run: a trainer seeds the global generators when it is built.
+    gan_free = _quiet_trainer(_tiny(discriminator_start=2, **common), data_dir, tmp_path / "g", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        gan_free.run()
+    g_state = gan_free.codec.state_dict()
+    for key, value in waiting.codec.state_dict().items():
+        assert torch.equal(value, g_state[key]), key
+    assert any(not torch.equal(v, initial[k]) for k, v in waiting.disc.state_dict().items())
+    rows = _log_rows(tmp_path / "w")
+    assert [float(r["adversarial"]) for r in rows] == [0.0, 0.0]
+    assert [float(r["feature_matching"]) for r in rows] == [0.0, 0.0]
+    assert all(float(r["loss_d"]) > 0 for r in rows)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        cfg = _tiny(discriminator_start=0, adversarial_start=2, **common)
+        Trainer(cfg, [data_dir], tmp_path / "w", 3, True, "cpu", False).run()
+    row = _log_rows(tmp_path / "w")[-1]
+    assert float(row["adversarial"]) > 0 and float(row["feature_matching"]) > 0
+
+
+def test_adversarial_start_before_the_discriminator_is_refused():
+    with pytest.raises(
+        CheckpointError, match=r"training\.adversarial_start: .*>= discriminator_start \(5\).*got 3"
+    ):
+        _tiny(discriminator_start=5, adversarial_start=3)
+
+
 def test_resume_equals_uninterrupted_and_checkpoints_load(data_dir, tmp_path):
     config = _write_config(tmp_path / "cfg.yaml", checkpoint_every=2)
     args = ["--config", str(config), "--data", str(data_dir), "--quiet"]

@@ -141,6 +141,10 @@ class TrainingConfig:
     discriminator_start: GAN warm-up: before this step the discriminator neither trains nor
     scores, and the generator learns from the reconstruction, quantizer, distillation and
     REPA losses alone (about half the step time on CPU; the adversarial terms log as 0);
+    adversarial_start: the generator's adversarial and feature-matching terms start at this
+    step (None = discriminator_start); between the two the discriminator trains alone, so a
+    fresh discriminator has learnt something before it steers an already trained generator
+    (fine-tuning a GAN-free model with the GAN terms on);
     fixed_threshold / threshold_lower / threshold_upper / bypass_quantize_rate / dither: the
     training forward (see `TrainingForwardConfig`); repa: train the REPA head;
     repa_isolated: the REPA term trains only the bottleneck transformer, its head and the
@@ -164,6 +168,7 @@ class TrainingConfig:
     log_every: int = 10
     bf16: bool = False
     discriminator_start: int = 0
+    adversarial_start: int | None = None
     fixed_threshold: float | None = None
     threshold_lower: float | None = None
     threshold_upper: float | None = None
@@ -280,6 +285,12 @@ def _check(t: TrainingConfig, model: FlexiCodecConfig | None) -> None:
         fail("log_every", "an integer >= 1", t.log_every)
     if t.discriminator_start < 0:
         fail("discriminator_start", "an integer >= 0", t.discriminator_start)
+    if t.adversarial_start is not None and t.adversarial_start < t.discriminator_start:
+        fail(
+            "adversarial_start",
+            f"null or an integer >= discriminator_start ({t.discriminator_start})",
+            t.adversarial_start,
+        )
     if t.probe_every < 0:
         fail("probe_every", "an integer >= 0 (0 = never)", t.probe_every)
     if t.spd_joint_from_step < 0:

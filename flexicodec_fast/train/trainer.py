@@ -804,12 +804,16 @@ class Trainer:
         with self._autocast():
             out = self.generator(audio)
         fake, real = out.audio, out.target
-        if self.step < self.t.discriminator_start:
-            zero = fake.new_zeros(())
-            loss_d = grad_d = zero
+        zero = fake.new_zeros(())
+        loss_d = grad_d = zero
+        if self.step >= self.t.discriminator_start:
+            loss_d, grad_d = self._discriminator_step(fake.detach(), real)
+        adversarial_start = self.t.adversarial_start
+        if adversarial_start is None:
+            adversarial_start = self.t.discriminator_start
+        if self.step < adversarial_start:
             terms = {**out.losses, "adversarial": zero, "feature_matching": zero}
         else:
-            loss_d, grad_d = self._discriminator_step(fake.detach(), real)
             terms = {**out.losses, **self._adversarial_terms(fake, real)}
         weights = {
             "mel": w.mel,
