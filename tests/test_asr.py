@@ -8,6 +8,7 @@ import shutil
 import pytest
 import soundfile as sf
 import torch
+import yaml
 from make_corpus_module import load_make_corpus
 from tone_corpus import TINY_FLAGS, TONES, tone_audio, write_tone_corpus
 
@@ -26,6 +27,7 @@ from flexicodec_fast.asr import (
 )
 from flexicodec_fast.reference.config import SenseVoiceConfig
 from flexicodec_fast.reference.errors import CheckpointError, InputError
+from flexicodec_fast.reference.resample import downsample_semantic
 from flexicodec_fast.reference.sensevoice import SenseVoiceEncoder
 
 TINY = SenseVoiceConfig(output_size=32, attention_heads=4, linear_units=32, num_blocks=2)
@@ -220,3 +222,94 @@ def test_make_corpus_small(tmp_path):
     assert make_corpus.main(args)["synthesised_now"] == 0
     with pytest.raises(RuntimeError, match="same settings"):
         make_corpus.main(["--out", str(tmp_path), "--num", "5", "--workers", "1"])
+
+
+def test_similarity_hinge_on_a_hand_made_batch():
+    # Factor 1 keeps the frames as they are; the head is the identity, so a frame's label is
+    # its largest coordinate. Item 0 (4 frames): pair 0 agrees (label 0, cos 2/sqrt 5),
+    # pair 1 crosses a label change, pair 2 agrees at cos 1 (nothing to pull). Item 1 (2 of 4
+    # frames): pair 0 agrees (label 2, cos 2/sqrt 5); its padding, which would agree with
+    # it and with itself, is no pair at all.
+    hidden = torch.tensor(
+        [
+            [[1.0, 0, 0], [2, 1, 0], [0, 1, 0], [0, 3, 0]],
+            [[0.0, 0, 1], [0, 1, 2], [0, 0, 1], [0, 0, 3]],
+        ]
+    )
+    lens = torch.tensor([4, 2])
+    hinge = train_recognizer.similarity_hinge(hidden, lens, torch.nn.Identity(), 1, 0.95)
+    expected = 2 * (0.95 - 2 / math.sqrt(5)) / 4  # over the 3 + 1 valid pairs
+    assert hinge.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_similarity_hinge_follows_its_definition_on_codec_frames():
+    torch.manual_seed(0)
+    factor = train_recognizer.builtin_semantic_factor()
+    assert factor == 1.33333  # the codec's 16.67 -> 12.5 Hz factor
+    lens = torch.tensor([23, 14, 9])
+    hidden = torch.randn(3, 23, 8)
+    hidden[torch.arange(23).view(1, -1) >= lens.view(-1, 1)] = 0.0  # the encoder's padding
+    head = torch.nn.Linear(8, 3)  # few labels, so that many pairs agree
+    target = 0.5
+    total, pairs = 0.0, 0
+    for b, length in enumerate(lens.tolist()):
+        # Each item alone and unpadded, through the codec's resampling.
+        frames, _ = downsample_semantic(
+            hidden[b : b + 1, :length].transpose(1, 2), lens[b : b + 1], factor
+        )
+        frames = frames[0].T.double()
+        labels = head(frames.float()).argmax(-1).tolist()
+        for t in range(frames.shape[0] - 1):
+            a, c = frames[t], frames[t + 1]
+            cos = float(a @ c / (a.norm() * c.norm()))
+            total += max(0.0, target - cos) if labels[t] == labels[t + 1] else 0.0
+            pairs += 1
+    assert pairs == sum(int(n / factor) - 1 for n in lens.tolist())
+    hinge = train_recognizer.similarity_hinge(hidden, lens, head, factor, target)
+    assert total > 0 and hinge.item() == pytest.approx(total / pairs, rel=1e-5)
+
+
+def test_similarity_weight_zero_is_the_ctc_loss_alone():
+    torch.manual_seed(0)
+    model = PhonemeRecognizer(TINY, ["a", "b", "c"])
+    feats, lens = torch.randn(2, 12, 560), torch.tensor([12, 7])
+    targets = [[1, 2, 3], [3, 1]]
+    log_probs = model.ctc_logits(feats, lens).log_softmax(-1).transpose(0, 1)
+    flat, target_lens = torch.tensor([1, 2, 3, 3, 1]), torch.tensor([3, 2])
+    ctc = torch.nn.functional.ctc_loss(log_probs, flat, lens, target_lens, zero_infinity=True)
+    loss, ctc_term, hinge = train_recognizer.training_loss(model, feats, lens, targets, 0.0)
+    assert torch.equal(loss, ctc) and torch.equal(ctc_term, ctc) and hinge is None
+    loss, ctc_term, hinge = train_recognizer.training_loss(model, feats, lens, targets, 3.0, 0.99)
+    assert torch.equal(ctc_term, ctc) and hinge > 0
+    assert torch.equal(loss, ctc + 3.0 * hinge)
+
+
+def test_training_logs_the_similarity_term(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_tone_corpus(corpus, n_train=6, n_heldout=2)
+    args = ["--corpus", str(corpus), "--steps", "3", "--threads", "1", "--batch-frames", "100"]
+    args += ["--warmup", "1", "--log-every", "1", "--eval-every", "10", *TINY_FLAGS]
+    train_recognizer.main([*args, "--out", str(tmp_path / "plain")])
+    train_recognizer.main(
+        [
+            *args,
+            "--out",
+            str(tmp_path / "sim"),
+            "--similarity-weight",
+            "2",
+            "--similarity-target",
+            "0.9",
+        ]
+    )
+
+    def steps(name):
+        log = (tmp_path / name / "train_log.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, log) if "loss" in r]
+
+    assert all("similarity_hinge" not in r and "ctc_loss" not in r for r in steps("plain"))
+    first = steps("sim")[0]
+    assert first["loss"] == pytest.approx(first["ctc_loss"] + 2 * first["similarity_hinge"])
+    # The same batches and weights: the first step's CTC term is the plain run's loss.
+    assert first["ctc_loss"] == steps("plain")[0]["loss"]
+    info = yaml.safe_load((tmp_path / "sim" / "recognizer.yaml").read_text())["info"]
+    assert info["similarity_weight"] == 2 and info["similarity_target"] == 0.9

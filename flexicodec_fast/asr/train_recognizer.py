@@ -16,7 +16,10 @@ measured on exactly the features inference sees); later runs reuse the cache whi
 corpus's jsonl files are unchanged. `--augment-copies K` adds K copies of every training
 clip through `flexicodec_fast.augment.random_augment` (seeded, cached the same way).
 Training: AdamW, linear warm-up then cosine decay, CTC loss, optional light SpecAugment,
-length-bucketed batches of at most `--batch-frames` padded frames. Every `--eval-every`
+length-bucketed batches of at most `--batch-frames` padded frames. `--similarity-weight W`
+adds W times `similarity_hinge` (the codec merges neighbouring 12.5 Hz frames whose features
+are alike, and CTC alone does not make the frames of one phoneme alike); W 0, the default,
+trains on the CTC loss alone, exactly as without the option. Every `--eval-every`
 steps the greedy-decoding PER of each corpus's held-out split, overall and per language, is
 logged; every `--save-every` steps `checkpoint.pt` (for `--resume`) and the exported
 recogniser are written. At the end the exported recogniser is reloaded and evaluated from
@@ -44,9 +47,11 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from ..reference.config import SenseVoiceConfig
+from ..reference.config import FlexiCodecConfig, SenseVoiceConfig
 from ..reference.errors import CheckpointError, InputError
 from ..reference.frontend import SAMPLE_RATE, FrontEnd
+from ..reference.merging import adjacent_cosine
+from ..reference.resample import downsample_semantic
 from .recognizer import (
     DEFAULT_RECOGNIZER_CONFIG,
     PhonemeRecognizer,
@@ -321,19 +326,73 @@ def spec_augment(
     return feats
 
 
-def ctc_loss(
-    model: PhonemeRecognizer,
-    feats: torch.Tensor,
-    lens: torch.Tensor,
-    targets: list[list[int]],
-) -> torch.Tensor:
-    """Mean CTC loss (per target label) of a batch: feats `[B, T, 560]`, lens `[B]`."""
-    log_probs = model.ctc_logits(feats, lens).float().log_softmax(-1)
+def ctc_loss(logits: torch.Tensor, lens: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+    """Mean CTC loss (per target label) of a batch's logits `[B, T, V]`, lens `[B]`."""
+    log_probs = logits.float().log_softmax(-1)
     flat = torch.tensor([t for ids in targets for t in ids], dtype=torch.int64)
     target_lens = torch.tensor([len(ids) for ids in targets], dtype=torch.int64)
     return F.ctc_loss(
         log_probs.transpose(0, 1), flat, lens, target_lens, blank=0, zero_infinity=True
     )
+
+
+def builtin_semantic_factor() -> float:
+    """The built-in codec's `semantic_downsample_factor` (its `config.yaml`)."""
+    from ..loading import BUILTIN_DIR
+
+    return FlexiCodecConfig.from_yaml(BUILTIN_DIR / "config.yaml").semantic_downsample_factor
+
+
+def similarity_hinge(
+    hidden: torch.Tensor,
+    lens: torch.Tensor,
+    head: torch.nn.Module,
+    factor: float,
+    target: float,
+) -> torch.Tensor:
+    """Mean over the valid adjacent codec-frame pairs of `agree * relu(target - cos)`.
+
+    hidden `[B, T, D]` encoder output (zero past each item's `lens [B]`) is resampled to the
+    codec frame rate by `downsample_semantic` with `factor`, exactly as the codec's `semantic`
+    stage does, giving `[B, T', D]` frames with `T'_b` valid. Pair (t, t+1) is valid while
+    t + 1 < T'_b; it agrees when `head` (the CTC head) gives both frames the same argmax label
+    (both blank included), and only agreeing pairs are pulled up to cosine `target`: pairs
+    across a label change stay free, so CTC keeps phoneme boundaries apart. The labels carry
+    no gradient. The mean is over all valid pairs (agreeing or not); 0 when there are none.
+    """
+    frames, frame_lens = downsample_semantic(hidden.transpose(1, 2).contiguous(), lens, factor)
+    frames = frames.transpose(1, 2)
+    with torch.no_grad():
+        labels = head(frames).argmax(-1)
+    cos = adjacent_cosine(frames, frame_lens)
+    t = torch.arange(1, frames.shape[1], device=frames.device).view(1, -1)
+    valid = t < frame_lens.view(-1, 1)
+    pulled = valid & (labels[:, 1:] == labels[:, :-1])
+    hinge = torch.where(pulled, F.relu(target - cos), torch.zeros_like(cos))
+    return hinge.sum() / valid.sum().clamp(min=1)
+
+
+def training_loss(
+    model: PhonemeRecognizer,
+    feats: torch.Tensor,
+    lens: torch.Tensor,
+    targets: list[list[int]],
+    similarity_weight: float = 0.0,
+    similarity_target: float = 0.95,
+    factor: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(loss, CTC loss, `similarity_hinge` or None) of a batch: feats `[B, T, 560]`, lens `[B]`.
+
+    With `similarity_weight` 0 the loss is the CTC loss itself and the hinge is not computed.
+    `factor` (default: the built-in codec's) is the semantic resampling factor.
+    """
+    hidden = model(feats, lens)
+    ctc = ctc_loss(model.ctc(hidden), lens, targets)
+    if similarity_weight == 0:
+        return ctc, ctc, None
+    factor = builtin_semantic_factor() if factor is None else factor
+    hinge = similarity_hinge(hidden, lens, model.ctc, factor, similarity_target)
+    return ctc + similarity_weight * hinge, ctc, hinge
 
 
 def per_report(records: list[dict], hyps: list[list[str]]) -> dict:
@@ -550,6 +609,10 @@ def _train(args: argparse.Namespace) -> dict:
         "spec_augment": args.spec_augment,
         "seed": args.seed,
     }
+    if args.similarity_weight:
+        info.update(
+            similarity_weight=args.similarity_weight, similarity_target=args.similarity_target
+        )
 
     def save(current_step: int, elapsed: float):
         torch.save(
@@ -590,6 +653,9 @@ def _train(args: argparse.Namespace) -> dict:
     augment_rng = torch.Generator().manual_seed(args.seed * 1000 + step)
     start = time.perf_counter()
     losses: list[float] = []
+    ctc_losses: list[float] = []
+    hinges: list[float] = []
+    factor = builtin_semantic_factor() if args.similarity_weight else None
     frames_seen = 0
     model.train()
     while True:
@@ -607,19 +673,39 @@ def _train(args: argparse.Namespace) -> dict:
         feats, lens = source.train_feats.batch(indices)
         if args.spec_augment:
             feats = spec_augment(feats, lens, augment_rng)
-        loss = ctc_loss(model, feats, lens, [source.targets[i] for i in indices])
+        loss, ctc, hinge = training_loss(
+            model,
+            feats,
+            lens,
+            [source.targets[i] for i in indices],
+            args.similarity_weight,
+            args.similarity_target,
+            factor,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
         step += 1
         losses.append(loss.item())
+        if hinge is not None:
+            ctc_losses.append(ctc.item())
+            hinges.append(hinge.item())
         frames_seen += int(lens.sum())
         if step % args.log_every == 0 or step == 1:
+            terms = (
+                {
+                    "ctc_loss": sum(ctc_losses) / len(ctc_losses),
+                    "similarity_hinge": sum(hinges) / len(hinges),
+                }
+                if hinges
+                else {}
+            )
             log(
                 {
                     "step": step,
                     "loss": sum(losses) / len(losses),
+                    **terms,
                     "grad_norm": float(grad_norm),
                     "lr": lr,
                     "minutes": (elapsed_before + time.perf_counter() - start) / 60,
@@ -629,7 +715,7 @@ def _train(args: argparse.Namespace) -> dict:
                     ),
                 }
             )
-            losses = []
+            losses, ctc_losses, hinges = [], [], []
         if step % args.eval_every == 0:
             evaluate_all(step)
         if step % args.save_every == 0:
@@ -700,6 +786,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
     parser.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
+        "--similarity-weight",
+        type=float,
+        default=0.0,
+        help="weight of the similarity hinge on adjacent 12.5 Hz frames the CTC head labels "
+        "alike (0: CTC alone)",
+    )
+    parser.add_argument(
+        "--similarity-target",
+        type=float,
+        default=0.95,
+        help="cosine the hinge pulls such pairs up to (above the codec's 0.91 threshold)",
+    )
+    parser.add_argument(
         "--output-size",
         type=int,
         default=d.output_size,
@@ -719,6 +818,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--steps, --batch-frames and --warmup must be >= 1")
     if args.augment_copies < 0:
         parser.error("--augment-copies must be >= 0")
+    if args.similarity_weight < 0 or not -1 <= args.similarity_target <= 1:
+        parser.error("--similarity-weight must be >= 0 and --similarity-target in [-1, 1]")
     result = train(args)
     reports = result.get("by_corpus")
     keys = ("per", "per_by_language")
