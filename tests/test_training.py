@@ -27,6 +27,7 @@ from flexicodec_fast.reference.training import (
     one_group_per_frame,
     training_step_outputs,
 )
+from flexicodec_fast.train import data as data_module
 from flexicodec_fast.train import trainer as trainer_module
 from flexicodec_fast.train.cli import main as train_main
 from flexicodec_fast.train.config import load_train_config, parse_train_config
@@ -346,6 +347,24 @@ def test_torchrun_two_processes_keep_replicas_identical(data_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------------- data
+
+
+def test_many_skipped_files_are_named_up_to_a_limit_then_counted(tmp_path):
+    for i in range(data_module.SKIPS_NAMED + 3):
+        sf.write(tmp_path / f"short{i:02d}.wav", harmonic_tone(0.1, i, 16000), 16000)
+    (tmp_path / "zbroken.wav").write_bytes(b"RIFF not really a wave file" * 10)
+    sf.write(tmp_path / "zgood.wav", harmonic_tone(1.0, 0, 16000), 16000)
+    with pytest.warns(SkippedFileWarning) as caught:
+        files = scan_files(find_audio_files([tmp_path]), min_samples=6400)
+    assert [Path(f.path).name for f in files] == ["zgood.wav"]
+    messages = [str(w.message) for w in caught]
+    named = [f"short{i:02d}.wav: too short" for i in range(data_module.SKIPS_NAMED)]
+    assert len(messages) == data_module.SKIPS_NAMED + 1
+    assert all(name in m for name, m in zip(named, messages, strict=False))
+    assert messages[-1] == (
+        "skipping 4 more files (of 14 skipped in all: 13 shorter than 6400 samples at 16 kHz, "
+        "1 unreadable)"
+    )
 
 
 def test_bad_files_are_skipped_with_warnings(data_dir):

@@ -42,6 +42,9 @@ class NoUsableDataError(InputError):
     """No training file is usable."""
 
 
+SKIPS_NAMED = 10
+
+
 def _skip(path, reason: str) -> None:
     warnings.warn(f"skipping {path}: {reason}", SkippedFileWarning, stacklevel=3)
 
@@ -88,19 +91,34 @@ class AudioFile:
 
 
 def scan_files(paths, min_samples: int) -> list[AudioFile]:
-    """Read every header; skip (with a warning) unreadable and too-short files."""
+    """Read every header; skip unreadable and too-short files, with a warning for each of
+    the first `SKIPS_NAMED` and one that counts the rest by reason (a corpus of short
+    prompts would otherwise print a warning per file)."""
     files = []
+    skipped: dict[str, int] = {}
     for path in paths:
         try:
             info = sf.info(str(path))
             num = resampled_length(int(info.frames), int(info.samplerate), SAMPLE_RATE)
         except Exception as e:  # noqa: BLE001 - any reader failure means an unusable file
-            _skip(path, f"unreadable ({e})")
-            continue
-        if num < min_samples:
-            _skip(path, f"too short ({num} samples at 16 kHz, at least {min_samples} needed)")
-            continue
-        files.append(AudioFile(str(path), num))
+            kind, reason = "unreadable", f"unreadable ({e})"
+        else:
+            if num >= min_samples:
+                files.append(AudioFile(str(path), num))
+                continue
+            kind = f"shorter than {min_samples} samples at 16 kHz"
+            reason = f"too short ({num} samples at 16 kHz, at least {min_samples} needed)"
+        if sum(skipped.values()) < SKIPS_NAMED:
+            _skip(path, reason)
+        skipped[kind] = skipped.get(kind, 0) + 1
+    unnamed = sum(skipped.values()) - SKIPS_NAMED
+    if unnamed > 0:
+        counts = ", ".join(f"{n} {kind}" for kind, n in skipped.items())
+        warnings.warn(
+            f"skipping {unnamed} more files (of {sum(skipped.values())} skipped in all: {counts})",
+            SkippedFileWarning,
+            stacklevel=2,
+        )
     return files
 
 
