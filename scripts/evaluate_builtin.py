@@ -18,6 +18,11 @@ Reports, on `--num` held-out utterances (made by scripts/make_corpus.py):
   (a far lower bar than a low PER);
 * the average frame rate at each threshold and its Pearson correlation, over utterances, with
   the utterance's phoneme rate (phonemes per second);
+* periodicity original / decoded (`flexicodec_fast.harmonicity`): over the voiced 40 ms
+  frames of the original audio, the mean normalised autocorrelation at the original's pitch
+  lag, of the original and of the decoded audio; near 1 where the harmonics survive, near 0
+  for noise-like decoded audio (a pure tone in white noise at 0 dB SNR scores about 0.5);
+  pooled over every voiced frame of every utterance;
 * dynamic merging against fixed-rate pooling (every k frames one token) at the same average
   frame rate (12.5 / k Hz; dynamic merging picks each utterance's threshold with
   `target_frame_rate`): the paper's central claim, in miniature.
@@ -28,13 +33,18 @@ recordings of its dev split (`--human-split train` for the training speakers), p
 per language: the recogniser's PER on the originals and the share of reference phonemes in its
 inventory; at thresholds 1.0 / 0.95 / 0.91 / 0.85 with all quantizers, per speaker, the
 average frame rate, STOI, extended STOI (ESTOI, Jensen and Taal 2016), wide-band PESQ and the
-log-mel L1 distance of the speaker's decoded clips joined end to end (pystoi ignores clips
-shorter than its 384 ms analysis segments, and the prompts and letters are often about one
-second), and the PER of the decoded audio; over all decoded clips, the correlation of frame
-rate with phoneme rate at each threshold; and dynamic merging against fixed pooling at 6.25
-and 4.17 Hz, per speaker. `--human-per-speaker N` decodes only each speaker's first N
-recordings (by path); the recogniser's table on the originals always covers all of them.
+log-mel L1 distance and the periodicity original / decoded of the speaker's decoded clips
+joined end to end (pystoi ignores clips shorter than its 384 ms analysis segments, and the
+prompts and letters are often about one second), and the PER of the decoded audio; over all
+decoded clips, the correlation of frame rate with phoneme rate at each threshold; and dynamic
+merging against fixed pooling at 6.25 and 4.17 Hz, per speaker. `--human-per-speaker N`
+decodes only each speaker's first N recordings (by path); the recogniser's table on the
+originals always covers all of them.
 `--recognizer DIR` scores PER with another recogniser (default: the bundled one).
+`--spectrograms DIR` writes, per human speaker, `DIR/<speaker>.png`: the narrow-band
+spectrogram (64 ms Hann window, 10 ms hop, dB, 0-4 kHz, where the pitch harmonics are lines)
+of the speaker's first decoded clip, original above and decoded at the default threshold
+with all quantizers below, on one colour scale.
 `--corpus` or `--human` or both.
 """
 
@@ -42,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import soundfile as sf
@@ -61,6 +72,8 @@ from flexicodec_fast.asr import (
     phoneme_error_rate,
 )
 from flexicodec_fast.evaluate import quality
+from flexicodec_fast.harmonicity import harmonicity, periodicity
+from flexicodec_fast.options import EncodeOptions
 from flexicodec_fast.reference.losses import MelLossSettings, MultiScaleMelLoss
 
 
@@ -124,16 +137,23 @@ def _code_all(model, audio, *, nq, threshold, fixed=None, target=None):
 
 def _run(model, recognizer, mel, audio, refs, *, threshold, nq, fixed=None, target=None):
     """Encode + decode every clip (`_code_all`); PER and identification rate of the decoded
-    audio, mean STOI and mel distance, frame rates."""
+    audio, mean STOI and mel distance, frame rates, and the periodicity cell (original /
+    decoded over every voiced frame of every clip)."""
     decoded, rates = _code_all(model, audio, nq=nq, threshold=threshold, fixed=fixed, target=target)
-    hyps, dists, intelligibility = [], [], []
+    hyps, dists, intelligibility, voiced = [], [], [], []
     for clip, wav in zip(audio, decoded, strict=True):
         n = min(wav.numel(), clip.numel())
         dists.append(float(mel(wav[None, None, :n], clip[None, None, :n])))
         intelligibility.append(_stoi(clip, wav))
         hyps.append(recognizer.transcribe(wav[None])[0])
+        voiced.append(periodicity(clip, wav))
     scores = phoneme_error_rate(refs, hyps), identification_rate(refs, hyps)
-    return *scores, _mean(intelligibility), _mean(dists), rates
+    ours, theirs = (torch.cat(v) for v in zip(*voiced, strict=True))
+    pooled = {
+        "original": float(ours.mean()) if ours.numel() else None,
+        "decoded": float(theirs.mean()) if theirs.numel() else None,
+    }
+    return *scores, _mean(intelligibility), _mean(dists), rates, _periodicity_cell(pooled)
 
 
 def _mean(values: list[float]) -> float:
@@ -153,19 +173,60 @@ def _human_rows(root: Path, split: str) -> dict[str, list[dict]]:
 
 
 def _joined_quality(originals: list[torch.Tensor], decoded: list[torch.Tensor]) -> dict:
-    """`flexicodec_fast.evaluate.quality` (STOI, ESTOI, PESQ-wb, SI-SDR, log-mel) of all
-    decoded clips joined against all originals joined, each pair cut to its common length
-    first so the joins stay aligned: pystoi ignores clips shorter than its 384 ms analysis
-    segments, and PESQ needs a quarter second of speech."""
+    """`flexicodec_fast.evaluate.quality` (STOI, ESTOI, PESQ-wb, SI-SDR, log-mel) and
+    `flexicodec_fast.harmonicity.harmonicity` (key "harmonicity") of all decoded clips joined
+    against all originals joined, each pair cut to its common length first so the joins stay
+    aligned: pystoi ignores clips shorter than its 384 ms analysis segments, and PESQ needs a
+    quarter second of speech."""
     pairs = [
         (a[: min(a.numel(), b.numel())], b[: min(a.numel(), b.numel())])
         for a, b in zip(originals, decoded, strict=True)
     ]
-    return quality(torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs]))
+    joined = torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
+    return {**quality(*joined), "harmonicity": harmonicity(*joined)}
 
 
 def _pesq_cell(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def _periodicity_cell(score: dict) -> str:
+    """The cell "original / decoded" of a `harmonicity` result ("n/a" without voiced frames)."""
+    if score["original"] is None:
+        return "n/a"
+    return f"{score['original']:.3f} / {score['decoded']:.3f}"
+
+
+def _spectrogram_db(audio: torch.Tensor) -> torch.Tensor:
+    """Narrow-band magnitude spectrogram in dB `[bins up to 4 kHz, frames]` of `audio [N]`
+    (16 kHz): 1024-sample periodic Hann window (64 ms, 15.6 Hz bins, so harmonics of 60 Hz
+    and up are resolved), hop 160."""
+    window = torch.hann_window(1024, dtype=torch.float64)
+    spec = torch.stft(audio.double(), 1024, 160, window=window, return_complex=True).abs()
+    return 20 * spec[: 4000 * 1024 // 16000 + 1].clamp_min(1e-8).log10()
+
+
+def _plot_spectrograms(original, decoded, path: Path, title: str) -> None:
+    """PNG at `path`: `_spectrogram_db` of `original [N]` above `decoded [M]`, one colour
+    scale (80 dB below the original's peak)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = _spectrogram_db(original)
+    limits = {"vmax": float(top.max()), "vmin": float(top.max()) - 80}
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    for ax, audio, name in ((axes[0], original, "original"), (axes[1], decoded, "decoded")):
+        db = _spectrogram_db(audio).numpy()
+        extent = (0, db.shape[1] * 160 / 16000, 0, 4000)
+        image = ax.imshow(db, origin="lower", aspect="auto", extent=extent, **limits)
+        ax.set_ylabel(f"{name}: Hz")
+    axes[1].set_xlabel("seconds")
+    fig.colorbar(image, ax=list(axes), label="dB")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _pooling_settings(max_nq: int) -> dict[str, dict]:
@@ -178,13 +239,19 @@ def _pooling_settings(max_nq: int) -> dict[str, dict]:
     return {name: {"nq": max_nq, **options} for name, options in settings.items()}
 
 
-def _evaluate_human(model, recognizer, root: Path, split: str, per_speaker: int) -> list[str]:
-    """The markdown lines of the human-speech section (see the module docstring)."""
+def _evaluate_human(
+    model, recognizer, root: Path, split: str, per_speaker: int, spectrograms: Path | None = None
+) -> list[str]:
+    """The markdown lines of the human-speech section (see the module docstring); with
+    `spectrograms`, one PNG per speaker there (`--spectrograms`)."""
     groups = _human_rows(root, split)
     inventory = set(recognizer.phonemes)
     max_nq = model.max_num_quantizers
     settings = {f"threshold {t}": {"nq": max_nq, "threshold": t} for t in THRESHOLDS}
     settings.update(_pooling_settings(max_nq))
+    default_threshold = EncodeOptions().merging_threshold
+    if spectrograms is not None:
+        spectrograms.mkdir(parents=True, exist_ok=True)
     by_lang: dict[str, dict[str, list]] = {}
     speaker_lines, pooling_lines = [], []
     # Per setting, over every decoded clip: (frame rate, phoneme rate) pairs.
@@ -216,8 +283,17 @@ def _evaluate_human(model, recognizer, root: Path, split: str, per_speaker: int)
             cells = (
                 f"{_mean(clip_rates):.2f} | {q['stoi']:.3f} | {q['estoi']:.3f} "
                 f"| {_pesq_cell(q['pesq_wb'])} | {q['log_mel']:.3f} "
-                f"| {phoneme_error_rate(refs, hyps):.1%} |"
+                f"| {phoneme_error_rate(refs, hyps):.1%} | {_periodicity_cell(q['harmonicity'])} |"
             )
+            if spectrograms is not None and name == f"threshold {default_threshold}":
+                score = _periodicity_cell(harmonicity(audio[0], decoded[0]))
+                _plot_spectrograms(
+                    audio[0],
+                    decoded[0],
+                    spectrograms / (re.sub(r"[^\w.-]", "_", speaker) + ".png"),
+                    f"{speaker}: {rows[0]['path']}; threshold {default_threshold}, {max_nq} "
+                    f"quantizers, {clip_rates[0]:.2f} Hz; periodicity {score}",
+                )
             if "threshold" in name:
                 line = (
                     f"| {speaker} | {langs} | {len(rows)} | {minutes:.1f} "
@@ -263,20 +339,23 @@ def _evaluate_human(model, recognizer, root: Path, split: str, per_speaker: int)
             f"| {threshold} | {_mean(frame_rates):.2f} "
             f"| {_pearson(frame_rates, phoneme_rates):.3f} |"
         )
-    quality_columns = "avg frame rate (Hz) | STOI | ESTOI | PESQ-wb | log-mel L1 | PER decoded |"
+    quality_columns = (
+        "avg frame rate (Hz) | STOI | ESTOI | PESQ-wb | log-mel L1 | PER decoded "
+        "| periodicity original / decoded |"
+    )
     lines += [
         "",
         f"Per speaker, decoded with {max_nq} quantizers (quality of the speaker's clips joined):",
         "",
         f"| speaker | languages | clips | minutes | PER original | threshold | {quality_columns}",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *speaker_lines,
         "",
         "Dynamic merging against fixed pooling at the same average frame rate, per speaker "
         f"({max_nq} quantizers):",
         "",
         f"| speaker | pooling | {quality_columns}",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         *pooling_lines,
     ]
     return lines
@@ -313,18 +392,18 @@ def _evaluate_synthetic(model, recognizer, mel, corpus: Path, num: int) -> list[
         "Decoded from codes:",
         "",
         "| threshold | quantizers | avg frame rate (Hz) | r(frame rate, phoneme rate) "
-        "| PER decoded | identified | STOI | log-mel L1 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| PER decoded | identified | STOI | log-mel L1 | periodicity original / decoded |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for threshold in (1.0, 0.95, 0.91, 0.85):
         for nq in sorted({1, min(3, max_nq), max_nq}):
-            per, ident, score, dist, rates = _run(
+            per, ident, score, dist, rates, periodic = _run(
                 model, recognizer, mel, audio, refs, threshold=threshold, nq=nq
             )
             r = _pearson(rates, phoneme_rate)
             lines.append(
                 f"| {threshold} | {nq} | {_mean(rates):.2f} | {r:.3f} | {per:.1%} | {ident:.1%} "
-                f"| {score:.3f} | {dist:.3f} |"
+                f"| {score:.3f} | {dist:.3f} | {periodic} |"
             )
             print(lines[-1], flush=True)
     lines += [
@@ -332,8 +411,9 @@ def _evaluate_synthetic(model, recognizer, mel, corpus: Path, num: int) -> list[
         "Dynamic merging vs fixed-rate pooling at the same average frame rate "
         f"({max_nq} quantizers; 12.5 / k Hz, below the 11-12.5 Hz the model trained at):",
         "",
-        "| pooling | avg frame rate (Hz) | PER decoded | identified | STOI | log-mel L1 |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| pooling | avg frame rate (Hz) | PER decoded | identified | STOI | log-mel L1 "
+        "| periodicity original / decoded |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for k in (2, 3):
         runs = {
@@ -341,12 +421,12 @@ def _evaluate_synthetic(model, recognizer, mel, corpus: Path, num: int) -> list[
             f"fixed, every {k} frames": {"fixed": k},
         }
         for name, options in runs.items():
-            per, ident, score, dist, rates = _run(
+            per, ident, score, dist, rates, periodic = _run(
                 model, recognizer, mel, audio, refs, threshold=0.91, nq=max_nq, **options
             )
             lines.append(
                 f"| {name} | {_mean(rates):.2f} | {per:.1%} | {ident:.1%} | {score:.3f} "
-                f"| {dist:.3f} |"
+                f"| {dist:.3f} | {periodic} |"
             )
             print(lines[-1], flush=True)
     return lines
@@ -366,6 +446,9 @@ def main(argv=None):
     parser.add_argument(
         "--recognizer", type=Path, help="recogniser folder for the PER (default: the bundled one)"
     )
+    parser.add_argument(
+        "--spectrograms", type=Path, help="folder for one spectrogram PNG per human speaker"
+    )
     args = parser.parse_args(argv)
     if args.corpus is None and args.human is None:
         parser.error("give --corpus, --human or both")
@@ -383,7 +466,12 @@ def main(argv=None):
         lines += _evaluate_synthetic(model, recognizer, mel, args.corpus, args.num)
     if args.human is not None:
         lines += _evaluate_human(
-            model, recognizer, args.human, args.human_split, args.human_per_speaker
+            model,
+            recognizer,
+            args.human,
+            args.human_split,
+            args.human_per_speaker,
+            args.spectrograms,
         )
     text = "\n".join(lines) + "\n"
     if args.out:

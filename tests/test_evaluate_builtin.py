@@ -1,5 +1,6 @@
 """`scripts/evaluate_builtin.py --human`: each number of its tables against its definition,
-recomputed here from the codec's codes, pystoi, pesq and the recogniser."""
+recomputed here from the codec's codes, pystoi, pesq, `flexicodec_fast.harmonicity` and the
+recogniser; `--spectrograms` writes one PNG per speaker."""
 
 import importlib.util
 import json
@@ -13,6 +14,7 @@ import torch
 
 from flexicodec_fast import fast_decode, fast_encode, prepare_model
 from flexicodec_fast.asr import load_recognizer, phoneme_error_rate
+from flexicodec_fast.harmonicity import harmonicity
 
 pystoi = pytest.importorskip("pystoi")
 pesq = pytest.importorskip("pesq")
@@ -52,9 +54,15 @@ def human_corpus(tmp_path_factory, fixture_clips):
 
 
 @pytest.fixture(scope="module")
-def report(human_corpus, fixture_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("report") / "eval.md"
+def spectrogram_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("report") / "spectrograms"
+
+
+@pytest.fixture(scope="module")
+def report(human_corpus, fixture_dir, spectrogram_dir):
+    out = spectrogram_dir.parent / "eval.md"
     args = ["--human", str(human_corpus[0]), "--model-dir", str(fixture_dir), "--out", str(out)]
+    args += ["--spectrograms", str(spectrogram_dir)]
     assert _load_script().main(args) == 0
     return out.read_text()
 
@@ -119,6 +127,9 @@ def test_human_tables_follow_their_definitions(human_corpus, report, fixture_dir
         assert cells[7] == f"{pystoi.stoi(ref, dec, 16000):.3f}"
         assert cells[8] == f"{pystoi.stoi(ref, dec, 16000, extended=True):.3f}"
         assert cells[9] == f"{pesq.pesq(16000, ref, dec, 'wb'):.2f}"
+        periodic = harmonicity(torch.from_numpy(ref), torch.from_numpy(dec))
+        assert periodic["voiced_frames"] > 0
+        assert cells[12] == f"{periodic['original']:.3f} / {periodic['decoded']:.3f}"
         pairs += [
             (rate, len(r["phonemes"].split()) / r["seconds"])
             for rate, r in zip(rates, mine, strict=True)
@@ -134,3 +145,12 @@ def test_human_tables_follow_their_definitions(human_corpus, report, fixture_dir
 
     r = np.corrcoef(np.array(pairs).T)[0, 1]
     assert _row(report, "0.91")[2] == f"{r:.3f}"
+
+
+def test_spectrograms_one_png_per_speaker(report, spectrogram_dir):
+    import matplotlib.image
+
+    assert sorted(p.name for p in spectrogram_dir.iterdir()) == [f"{s}.png" for s in SPEAKERS]
+    for path in spectrogram_dir.iterdir():
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert (height, width) == (600, 1000)  # figsize (10, 6) at 100 dpi
