@@ -1,6 +1,7 @@
 """CLI round trips, resumable jobs, codes files and their validation."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -246,8 +247,15 @@ def test_demo_runs_on_the_builtin_model(tmp_path, capsys, monkeypatch):
     """The listening check, recomputed: what the bundled recogniser hears in the demo clip
     and in the decoded audio the demo wrote (to 16-bit rounding), and their phoneme error
     rate, are what it prints; and the rate is a working codec's (the built-in model measures
-    ~23 % on held-out speech, README; noise or silence would be ~100 %)."""
+    ~23 % on held-out speech, README; noise or silence would be ~100 %). Its STOI line equals
+    pystoi on the decoded file and the clip over their common length, and on that part of
+    the clip with the demo's white noise (seed 0), within test_stoi's bound for 16 kHz plus
+    the printed rounding; the decoded clip scores above the clip in white noise at 0 dB."""
+    pystoi = pytest.importorskip("pystoi")
+    from test_stoi import RESAMPLED_BOUND
+
     import flexicodec_fast.cli as cli
+    from flexicodec_fast.asr.degradations import add_white_noise
 
     listened = []
     print_heard = cli._print_heard
@@ -273,7 +281,25 @@ def test_demo_runs_on_the_builtin_model(tmp_path, capsys, monkeypatch):
     assert f"recogniser hears in the decoded: {' '.join(heard_out)}\n" in out
     assert f"decoded vs input: {errors:.1%} phoneme error rate ({len(heard_in)} phonemes)\n" in out
     assert len(heard_in) >= 30 and errors <= 0.4
-    assert "on human input this check says little" in out
+    assert "on human input its error rate says little; STOI below needs no recogniser" in out
+    line = re.search(
+        r"STOI decoded vs input: (\d\.\d{3}) \(the input with white noise at 10 dB SNR: "
+        r"(\d\.\d{3}), at 0 dB: (\d\.\d{3})\); a check that needs no recogniser, so it holds "
+        r"on human speech too\n",
+        out,
+    )
+    printed = [float(v) for v in line.groups()]
+    n = min(clip.size, written.size)
+    clean = clip[:n].astype("float64")
+    noisy = [
+        add_white_noise(torch.from_numpy(clip[:n]), snr, torch.Generator().manual_seed(0))
+        for snr in (10, 0)
+    ]
+    want = [pystoi.stoi(clean, written[:n].astype("float64"), 16000)]
+    want += [pystoi.stoi(clean, y.double().numpy(), 16000) for y in noisy]
+    for got, expected in zip(printed, want, strict=True):
+        assert abs(got - expected) <= RESAMPLED_BOUND + 0.0005, (printed, want)
+    assert printed[0] > printed[2]
 
 
 def test_demo_on_silence_gives_no_error_rate(tmp_path, capsys):
@@ -283,6 +309,7 @@ def test_demo_on_silence_gives_no_error_rate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "recogniser hears in the input:   \n" in out
     assert "no phoneme heard in the input, so no error rate" in out
+    assert "STOI decoded vs input: not computed (clean: expected speech, got silence" in out
 
 
 def test_demo_without_builtin_model_says_the_model_is_random(tmp_path, capsys, monkeypatch):
