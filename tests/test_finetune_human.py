@@ -77,3 +77,29 @@ def test_gpu_finetune_dry_run_brings_back_what_assembles_the_bundle(tmp_path, fi
     for key, value in bundle.items():
         want = codec[key] if key in codec else builtin[key]  # the encoder: the recogniser's
         assert torch.equal(value, want), key
+
+
+def test_phase3g_is_phase3_with_the_gan_terms_after_a_discriminator_warm_up():
+    """scripts/builtin/phase3g_human.yaml continues phase 3 with the adversarial terms on
+    (isolated REPA), the fresh discriminator training alone first; nothing else differs but
+    the length, checkpointing and learning rate."""
+    from flexicodec_fast.train.config import load_train_config
+
+    phase3 = load_train_config(SCRIPT.with_name("phase3_human.yaml")).training
+    phase3g = load_train_config(SCRIPT.with_name("phase3g_human.yaml")).training
+    assert phase3.discriminator_start > phase3.max_steps and not phase3.repa_isolated
+    assert phase3g.discriminator_start == 0 and phase3g.repa_isolated
+    assert 0 < phase3g.adversarial_start < phase3g.max_steps
+    changed = {
+        "max_steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "discriminator_start",
+        "adversarial_start",
+        "repa_isolated",
+        "optimizer",
+    }
+    assert {k: v for k, v in vars(phase3g).items() if k not in changed} == {
+        k: v for k, v in vars(phase3).items() if k not in changed
+    }
+    assert phase3g.optimizer.lr < phase3.optimizer.lr
