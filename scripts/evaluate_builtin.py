@@ -291,8 +291,8 @@ def _evaluate_human(
                     audio[0],
                     decoded[0],
                     spectrograms / (re.sub(r"[^\w.-]", "_", speaker) + ".png"),
-                    f"{speaker}: {rows[0]['path']}; threshold {default_threshold}, {max_nq} "
-                    f"quantizers, {clip_rates[0]:.2f} Hz; periodicity {score}",
+                    f"{speaker}: {rows[0]['path']}\nthreshold {default_threshold}, {max_nq} "
+                    f"quantizers, {clip_rates[0]:.2f} Hz; periodicity original / decoded {score}",
                 )
             if "threshold" in name:
                 line = (
