@@ -103,3 +103,17 @@ def test_phase3g_is_phase3_with_the_gan_terms_after_a_discriminator_warm_up():
         k: v for k, v in vars(phase3).items() if k not in changed
     }
     assert phase3g.optimizer.lr < phase3.optimizer.lr
+
+
+def test_phase3s_is_phase3_shorter_and_gentler():
+    """scripts/builtin/phase3s_human.yaml (phase 3 continued with the similarity-trained
+    recogniser) changes only the length, checkpointing and learning rate of phase 3."""
+    from flexicodec_fast.train.config import load_train_config
+
+    phase3 = load_train_config(SCRIPT.with_name("phase3_human.yaml")).training
+    phase3s = load_train_config(SCRIPT.with_name("phase3s_human.yaml")).training
+    changed = {"max_steps", "checkpoint_every", "keep_checkpoints", "optimizer"}
+    assert {k: v for k, v in vars(phase3s).items() if k not in changed} == {
+        k: v for k, v in vars(phase3).items() if k not in changed
+    }
+    assert phase3s.max_steps < phase3.max_steps and phase3s.optimizer.lr < phase3.optimizer.lr
