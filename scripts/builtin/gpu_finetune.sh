@@ -18,6 +18,8 @@
 #   bash scripts/builtin/gpu_finetune.sh [STEPS]          (default 2500: about 5 min on an H100
 #                                                          at 0.12 s a step, batch 32)
 #   bash scripts/builtin/gpu_finetune.sh --dry-run DIR    CPU, 2 steps at batch 2: the same files
+# CONFIG=scripts/builtin/phase3g_human.yaml (say) trains that recipe instead of phase 3's; the
+# run starts from the bundle (finetune_human.py's --init default) either way.
 set -uo pipefail
 
 dry_run=0
@@ -52,9 +54,10 @@ for need in gpu_data/audio gpu_data/recognizer; do
 done
 
 work="$(mktemp -d)"
-say "finetune_human.py: $steps steps, batch $batch, $device"
+say "finetune_human.py: ${CONFIG:-scripts/builtin/phase3_human.yaml}, $steps steps, batch $batch, $device"
 PYTHONUNBUFFERED=1 "$python" scripts/builtin/finetune_human.py --recognizer gpu_data/recognizer \
     --data gpu_data/audio --out "$work" --device "$device" --max-steps "$steps" \
+    --config "${CONFIG:-scripts/builtin/phase3_human.yaml}" \
     --batch-size "$batch" --workers "$workers" --quiet 2>&1 | tee -a "$log"
 rc=${PIPESTATUS[0]}
 [[ $rc == 0 ]] || { say "FAILED: finetune_human.py exit $rc"; exit "$rc"; }
