@@ -34,12 +34,12 @@ JSON_METADATA = (
 )
 DEMO_CLIP = Path(__file__).resolve().parent / "assets" / "demo.wav"
 BUILTIN_DESCRIPTION = (
-    "built-in default model (a small model trained briefly on synthetic espeak-ng speech; "
-    "see docs/builtin_model.md for its quality)"
+    "built-in default model (a small model trained on synthetic espeak-ng speech, then "
+    "fine-tuned on synthetic and human speech; see docs/builtin_model.md for its quality)"
 )
 EPILOG = (
     "Without --checkpoint/--config, demo, encode, decode and eval use the built-in model "
-    "bundled with the package (small, trained on synthetic speech; offline). "
+    "bundled with the package (small, trained mostly on synthetic speech; offline). "
     "`flexicodec-fast COMMAND --help` lists a command's options and their defaults."
 )
 
@@ -193,7 +193,7 @@ def cmd_demo(args) -> int:
 
 def _print_heard(audio, decoded) -> None:
     """What the bundled phoneme recogniser (the built-in model's frozen semantic encoder with
-    its CTC read-out, trained on the same espeak-ng speech) hears in the input and in the
+    its CTC read-out, trained on the same speech) hears in the input and in the
     decoded audio (16 kHz `[1, N]` and `[1, N']`), and their phoneme error rate; then STOI of
     the decoded audio against the input (`stoi.stoi`, over their common length), beside STOI
     of the input with white noise at 10 and 0 dB SNR (seed 0) as a scale: a listening check
@@ -215,8 +215,9 @@ def _print_heard(audio, decoded) -> None:
     else:
         print("decoded vs input: no phoneme heard in the input, so no error rate")
     print(
-        "(the recogniser heard only synthetic espeak-ng speech in training: on recordings of "
-        "people it gets most phonemes wrong even in the original, 83% PER on unseen French "
+        "(the recogniser heard synthetic espeak-ng speech and some human recordings in "
+        "training: on recordings of people it gets most phonemes wrong even in the original, "
+        "64% PER on unseen French "
         "sentences, so on human input its error rate says little; STOI below needs no "
         "recogniser; see docs/builtin_eval.md)"
     )

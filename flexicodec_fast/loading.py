@@ -61,8 +61,9 @@ def prepare_model(
 ) -> FlexiCodec:
     """Load a FlexiCodec in eval mode on `device`; nothing is downloaded or unpickled.
 
-    With no arguments, the small built-in model bundled with the package (trained here on
-    synthetic espeak-ng speech; see docs/builtin_model.md) is loaded.
+    With no arguments, the small built-in model bundled with the package (trained here mostly
+    on synthetic espeak-ng speech, then on human recordings too; see docs/builtin_model.md)
+    is loaded.
 
     The released model (what the official `prepare_model()` loads): run
     `flexicodec-fast download` once, then `prepare_model("released")` reads

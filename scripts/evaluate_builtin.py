@@ -12,7 +12,7 @@ Reports, on `--num` held-out utterances (made by scripts/make_corpus.py):
   original, at thresholds 1.0 / 0.95 / 0.91 / 0.85 and several numbers of quantizers;
 * the same PER and STOI for the original audio after degradations listeners understand
   (white noise at 30 / 20 / 10 / 0 dB SNR, the 300-3400 Hz telephone band): the scale on
-  which to read them, since the recogniser only ever heard clean synthetic speech;
+  which to read them, since no noise was added to the recogniser's training audio;
 * closed-set sentence identification: how often the recogniser's transcription of the decoded
   audio is nearer (edit distance over length) its own sentence than any other of the `--num`
   (a far lower bar than a low PER);
@@ -373,7 +373,7 @@ def _evaluate_synthetic(model, recognizer, mel, corpus: Path, num: int) -> list[
         f"Held-out utterances: {len(rows)}; recogniser PER on the original audio: {original:.1%}"
         f" (sentence identified: {identification_rate(refs, heard):.1%}).",
         "",
-        "The recogniser only ever heard clean synthetic speech. What it makes of the same "
+        "No noise was added to the recogniser's training audio. What it makes of the same "
         "original audio degraded in ways listeners understand without effort:",
         "",
         "| original audio | PER | identified | STOI |",

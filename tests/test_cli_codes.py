@@ -250,7 +250,8 @@ def test_demo_runs_on_the_builtin_model(tmp_path, capsys, monkeypatch):
     ~23 % on held-out speech, README; noise or silence would be ~100 %). Its STOI line equals
     pystoi on the decoded file and the clip over their common length, and on that part of
     the clip with the demo's white noise (seed 0), within test_stoi's bound for 16 kHz plus
-    the printed rounding; the decoded clip scores above the clip in white noise at 0 dB."""
+    the printed rounding; and that STOI is a working codec's (the built-in model measures
+    0.81 on this clip; decoded noise or silence would score below 0.5)."""
     pystoi = pytest.importorskip("pystoi")
     from test_stoi import RESAMPLED_BOUND
 
@@ -299,7 +300,7 @@ def test_demo_runs_on_the_builtin_model(tmp_path, capsys, monkeypatch):
     want += [pystoi.stoi(clean, y.double().numpy(), 16000) for y in noisy]
     for got, expected in zip(printed, want, strict=True):
         assert abs(got - expected) <= RESAMPLED_BOUND + 0.0005, (printed, want)
-    assert printed[0] > printed[2]
+    assert printed[0] >= 0.7
 
 
 def test_demo_on_silence_gives_no_error_rate(tmp_path, capsys):

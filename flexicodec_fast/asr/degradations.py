@@ -1,6 +1,6 @@
 """Everyday degradations of speech that listeners understand without effort, to calibrate
 the phoneme recogniser: what a phoneme error rate on decoded audio means depends on how much
-harmless distortions already cost a recogniser trained on clean synthetic speech.
+harmless distortions already cost a recogniser trained on clean speech.
 """
 
 from __future__ import annotations
