@@ -127,16 +127,24 @@ def periodicity(original: torch.Tensor, decoded: torch.Tensor) -> tuple[torch.Te
     )
 
 
-def harmonicity(original: torch.Tensor, decoded: torch.Tensor) -> dict:
-    """Mean periodicity over the voiced frames of `original [N]`, of the original and of
-    `decoded [M]` at the original's pitch lags (`None` both where no frame is voiced), with the
-    number of voiced frames and of frames (module docstring)."""
-    ours, theirs = periodicity(original, decoded)
+def mean_periodicity(ours: torch.Tensor, theirs: torch.Tensor) -> dict:
+    """{"original", "decoded"}: the means of `periodicity`'s two `[V]` results (of one clip,
+    or of several concatenated); `None` both where V = 0."""
     voiced = ours.numel()
-    n = min(original.numel(), decoded.numel())
     return {
         "original": float(ours.mean()) if voiced else None,
         "decoded": float(theirs.mean()) if voiced else None,
-        "voiced_frames": voiced,
+    }
+
+
+def harmonicity(original: torch.Tensor, decoded: torch.Tensor) -> dict:
+    """Mean periodicity over the voiced frames of `original [N]`, of the original and of
+    `decoded [M]` at the original's pitch lags (`mean_periodicity`), with the number of
+    voiced frames and of frames (module docstring)."""
+    ours, theirs = periodicity(original, decoded)
+    n = min(original.numel(), decoded.numel())
+    return {
+        **mean_periodicity(ours, theirs),
+        "voiced_frames": ours.numel(),
         "frames": max(0, 1 + (n - FRAME) // HOP),
     }

@@ -72,7 +72,7 @@ from flexicodec_fast.asr import (
     phoneme_error_rate,
 )
 from flexicodec_fast.evaluate import quality
-from flexicodec_fast.harmonicity import harmonicity, periodicity
+from flexicodec_fast.harmonicity import harmonicity, mean_periodicity, periodicity
 from flexicodec_fast.options import EncodeOptions
 from flexicodec_fast.reference.losses import MelLossSettings, MultiScaleMelLoss
 
@@ -148,11 +148,7 @@ def _run(model, recognizer, mel, audio, refs, *, threshold, nq, fixed=None, targ
         hyps.append(recognizer.transcribe(wav[None])[0])
         voiced.append(periodicity(clip, wav))
     scores = phoneme_error_rate(refs, hyps), identification_rate(refs, hyps)
-    ours, theirs = (torch.cat(v) for v in zip(*voiced, strict=True))
-    pooled = {
-        "original": float(ours.mean()) if ours.numel() else None,
-        "decoded": float(theirs.mean()) if theirs.numel() else None,
-    }
+    pooled = mean_periodicity(*(torch.cat(v) for v in zip(*voiced, strict=True)))
     return *scores, _mean(intelligibility), _mean(dists), rates, _periodicity_cell(pooled)
 
 
